@@ -1,0 +1,158 @@
+"""Tiny random-weight checkpoints of each family, built entirely offline from configs.
+
+Each is saved as a normal checkpoint folder (config, safetensors, processor with tokenizer and
+chat template), so every script points `--model-id` at it exactly as at a hub id. The chat
+templates follow each family's real turn structure; the tokenizers split numbers as the real
+ones do (see tokenizers.py).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..dims import DIMENSIONS
+from .families import get_family
+from .tokenizers import train_bpe
+
+QWEN_TEMPLATE = (
+    "{% if messages[0].role != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif c.type == 'text' %}{{ c.text }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+LLAMA_TEMPLATE = (
+    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'image' %}<|image|>{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}"
+    "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+GEMMA_TEMPLATE = (
+    "<bos>{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'image' %}<start_of_image>{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+SPECIAL = {
+    "qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+             "<|video_pad|>"],
+    "llama": ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+              "<|image|>", "<|finetune_right_pad_id|>"],
+    "gemma": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+              "<end_of_image>", "<image_soft_token>"],
+}
+
+TINY_TEXT = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=2048)
+
+
+def _corpus() -> list[str]:
+    """Text the tiny tokenizers learn their merges from: the project's prompts and answers."""
+    lines = ["You are a helpful assistant.", "user", "assistant", "system", "model"]
+    for dim in DIMENSIONS.values():
+        lines += [dim.prompt, dim.short_prompt] * 20 + [" ".join(dim.labels)] * 50
+        lines += [dim.format_answer(dim.low + dim.span * i / 97) for i in range(98)]
+    return lines
+
+
+def _tokenizer(family: str):
+    from transformers import PreTrainedTokenizerFast
+    special = SPECIAL[family]
+    tok = train_bpe(_corpus(), special, digit_group=3 if family == "llama" else 1)
+    common = dict(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+    if family == "qwen":
+        return PreTrainedTokenizerFast(**common, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                       extra_special_tokens={"image_token": "<|image_pad|>",
+                                                             "video_token": "<|video_pad|>",
+                                                             "vision_bos_token": "<|vision_start|>",
+                                                             "vision_eos_token": "<|vision_end|>"})
+    if family == "llama":
+        return PreTrainedTokenizerFast(**common, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                       pad_token="<|finetune_right_pad_id|>",
+                                       extra_special_tokens={"image_token": "<|image|>"})
+    return PreTrainedTokenizerFast(**common, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>",
+                                   extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                                         "image_token": "<image_soft_token>"})
+
+
+def _qwen(tok, image_size: int):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLVideoProcessor
+    pixels = dict(min_pixels=image_size * image_size, max_pixels=image_size * image_size, patch_size=14,
+                  merge_size=2, temporal_patch_size=2)
+    # the processor insists on a video processor (it needs torchvision); images are all we feed it
+    proc = Qwen2_5_VLProcessor(image_processor=Qwen2VLImageProcessorPil(**pixels), tokenizer=tok,
+                               video_processor=Qwen2VLVideoProcessor(**pixels), chat_template=QWEN_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    head_dim = TINY_TEXT["hidden_size"] // TINY_TEXT["num_attention_heads"]
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(**TINY_TEXT, vocab_size=len(tok), bos_token_id=ids("<|endoftext|>"),
+                         eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=TINY_TEXT["hidden_size"],
+                           window_size=56, fullatt_block_indexes=[1]),
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), tie_word_embeddings=False)
+    assert head_dim == 16
+    return cfg, proc
+
+
+def _llama(tok, image_size: int):
+    from transformers import MllamaConfig, MllamaImageProcessorPil, MllamaProcessor
+    ip = MllamaImageProcessorPil(size={"height": image_size, "width": image_size}, max_image_tiles=2)
+    proc = MllamaProcessor(image_processor=ip, tokenizer=tok, chat_template=LLAMA_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    cfg = MllamaConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_global_layers=1,
+                           attention_heads=2, image_size=image_size, patch_size=14, max_num_tiles=2,
+                           intermediate_layers_indices=[0], vision_output_dim=64,
+                           supported_aspect_ratios=[[1, 1], [1, 2], [2, 1]]),
+        text_config=dict(**TINY_TEXT, vocab_size=len(tok), cross_attention_layers=[1],
+                         bos_token_id=ids("<|begin_of_text|>"), eos_token_id=ids("<|eot_id|>"),
+                         pad_token_id=ids("<|finetune_right_pad_id|>")),
+        image_token_index=ids("<|image|>"), tie_word_embeddings=False)
+    return cfg, proc
+
+
+def _gemma(tok, image_size: int):
+    from transformers import Gemma3Config, Gemma3ImageProcessorPil, Gemma3Processor
+    ip = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
+    tokens_per_image = 16
+    proc = Gemma3Processor(image_processor=ip, tokenizer=tok, chat_template=GEMMA_TEMPLATE,
+                           image_seq_length=tokens_per_image)
+    ids = tok.convert_tokens_to_ids
+    cfg = Gemma3Config(
+        text_config=dict(**TINY_TEXT, vocab_size=len(tok), head_dim=16, sliding_window=64,
+                         bos_token_id=ids("<bos>"), eos_token_id=[ids("<eos>"), ids("<end_of_turn>")],
+                         pad_token_id=ids("<pad>")),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=7),
+        mm_tokens_per_image=tokens_per_image, boi_token_index=ids("<start_of_image>"),
+        eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"),
+        tie_word_embeddings=False)
+    return cfg, proc
+
+
+BUILDERS = {"qwen": (_qwen, 84), "llama": (_llama, 56), "gemma": (_gemma, 56)}
+
+
+def build_tiny(family: str, out: str | os.PathLike, seed: int = 0):
+    """Write a tiny random-weight checkpoint + processor of `family` to `out`; returns the path."""
+    import torch
+    from transformers import GenerationConfig
+    fam = get_family(family)
+    builder, image_size = BUILDERS[fam.name]
+    tok = _tokenizer(fam.name)
+    cfg, proc = builder(tok, image_size)
+    torch.manual_seed(seed)
+    model = fam.model_cls()(cfg)
+    eot = tok.convert_tokens_to_ids(fam.end_of_turn)
+    model.generation_config = GenerationConfig(eos_token_id=sorted({eot, tok.eos_token_id}),
+                                               pad_token_id=tok.pad_token_id, do_sample=False)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return out
