@@ -128,7 +128,7 @@ def _gemma(tok, image_size: int):
                          bos_token_id=ids("<bos>"), eos_token_id=[ids("<eos>"), ids("<end_of_turn>")],
                          pad_token_id=ids("<pad>")),
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=7),
+                           image_size=image_size, patch_size=7, vision_use_head=False),
         mm_tokens_per_image=tokens_per_image, boi_token_index=ids("<start_of_image>"),
         eoi_token_index=ids("<end_of_image>"), image_token_index=ids("<image_soft_token>"),
         tie_word_embeddings=False)

@@ -1,0 +1,75 @@
+"""Each tiny offline family model: loads like a hub checkpoint, tokenizes numbers like the real family,
+does a forward pass with labels and a `generate` through its processor."""
+
+import pytest
+import torch
+
+from cogip.data.images import open_image
+from cogip.models.families import FAMILIES, detect_family, get_family
+
+EXPECTED_TOKENS = {  # the real families' number splitting
+    "qwen": {"medium 5.577": ["medium", "Ġ", "5", ".", "5", "7", "7"],
+             "negative -2.000": ["negative", "Ġ-", "2", ".", "0", "0", "0"]},
+    "gemma": {"medium 5.577": ["medium", "Ġ", "5", ".", "5", "7", "7"],
+              "very low 0.042": ["very", "Ġlow", "Ġ", "0", ".", "0", "4", "2"]},
+    "llama": {"medium 5.577": ["medium", "Ġ", "5", ".", "577"],
+              "very low 0.042": ["very", "Ġlow", "Ġ", "0", ".", "042"],
+              "negative -2.000": ["negative", "Ġ-", "2", ".", "000"],
+              "1234567": ["123", "456", "7"]},
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_number_tokenization(tiny_models, family):
+    tok = FAMILIES[family].load_processor(tiny_models[family]).tokenizer
+    for text, tokens in EXPECTED_TOKENS[family].items():
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert tok.convert_ids_to_tokens(ids) == tokens
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_forward_with_labels_and_generate(tiny_models, synth_bench, family):
+    fam = FAMILIES[family]
+    assert detect_family(tiny_models[family]) is fam
+    model, proc = fam.load_model(tiny_models[family]), fam.load_processor(tiny_models[family])
+    images = [open_image(synth_bench / "cognition/cognition_images/Aesthetics/000000.jpg"),
+              open_image(synth_bench / "cognition/cognition_images/Funniness/000001.jpg")]
+    prompts = [fam.chat_prompt(proc, "Aesthetics? label and score 0-10."),
+               fam.chat_prompt(proc, "Funniness? label and score 0-10, please.")]
+    proc.tokenizer.padding_side = "left"
+    batch = proc(text=prompts, images=fam.images_arg(images), return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    out = model(**batch, labels=labels)
+    vocab = model.config.get_text_config().vocab_size
+    assert out.logits.shape[:2] == batch["input_ids"].shape and out.logits.shape[-1] == vocab
+    assert torch.isfinite(out.loss) and 3.0 < out.loss.item() < 12.0   # ~log(vocab) for random weights
+    out.loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters()
+               if fam.param_group(n) != "language" or "cross_attn" in n)
+    # the image reaches the loss; zero-initialised gates (Gemma's projection, Mllama's tanh gates)
+    # stop it at the projector or the cross-attention gate on step 0, as in the real models
+    gen = model.generate(**batch, max_new_tokens=6, do_sample=False)
+    new = gen[:, batch["input_ids"].shape[1]:]
+    assert new.shape[0] == 2 and 1 <= new.shape[1] <= 6
+    assert all(isinstance(t, str) for t in proc.batch_decode(new, skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_lora_targets_only_language_model(tiny_models, family):
+    import re
+    fam = FAMILIES[family]
+    model = fam.load_model(tiny_models[family])
+    targets = [n for n, m in model.named_modules() if re.match(fam.lora_target_modules, n)]
+    assert targets and all(fam.param_group(n) == "language" for n in targets)
+    assert not any("lm_head" in n or "embed" in n for n in targets)
+    vision_linear = [n for n, m in model.named_modules()
+                     if fam.param_group(n) == "vision" and isinstance(m, torch.nn.Linear)]
+    assert vision_linear and not set(vision_linear) & set(targets)
+
+
+def test_family_lookup():
+    assert get_family("Qwen/Qwen2.5-VL-7B-Instruct").name == "qwen"
+    assert get_family("mllama").name == "llama"
+    with pytest.raises(Exception, match="unknown model family"):
+        get_family("llava")
