@@ -61,6 +61,7 @@ class Family:
 
     def param_group(self, name: str) -> str:
         """'vision', 'projector' or 'language' for a parameter name (PEFT prefixes tolerated)."""
+        name = name.replace("modules_to_save.default.", "").replace("original_module.", "")
         for group, prefixes in (("projector", self.projector_prefixes), ("vision", self.vision_prefixes)):
             if any(f"{p}." in name or name.startswith(p) for p in prefixes):
                 return group

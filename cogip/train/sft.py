@@ -1,0 +1,134 @@
+"""`python -m cogip.train.sft` — soft-label SFT of any family (LoRA or full), over transformers.Trainer.
+
+The launchers in `sft/<family>/finetune_lora.sh` hold the published per-family defaults; every flag
+of `TrainingArguments` (DeepSpeed config, bf16, checkpointing, logging…) is accepted as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from ..errors import CogipError
+from ..loss import KERNELS, NumberTokens, SoftLabelLoss
+from ..models.families import Family, detect_family, get_family
+from .data import SFTCollator, load_sft_dataset
+from .trainer import CogipTrainer
+
+TRAIN_INFO = "cogip_train.json"   # written beside the weights: family, base model, tuning mode
+
+
+@dataclass
+class ModelArguments:
+    model_id: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct", metadata={"help": "hub id or local checkpoint"})
+    family: str | None = field(default=None, metadata={"help": "qwen | llama | gemma (default: from the model)"})
+    tune_mode: str = field(default="lora", metadata={"help": "lora | full"})
+    lora_r: int = 64
+    lora_alpha: int = 64
+    lora_dropout: float = 0.05
+    train_vision: bool = field(default=True, metadata={"help": "train the vision tower (at vision_lr)"})
+    vision_lr: float = 2e-6
+    merger_lr: float = 1e-5
+    min_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels lower bound"})
+    max_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels upper bound"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = "data/cognition_training.json"
+    image_folder: str = "data/cognition/cognition_images"
+
+
+@dataclass
+class LossArguments:
+    soft_labels: bool = field(default=True, metadata={"help": "off: plain cross-entropy (ablation)"})
+    soft_eta: float = 0.15
+    soft_lambda: float = 2.0
+    soft_kernel: str = field(default="triangular", metadata={"help": "|".join(KERNELS)})
+    soft_width: float = 2.0
+
+
+def resolve_family(model_id: str, family: str | None) -> Family:
+    if family:
+        return get_family(family)
+    return detect_family(model_id) if Path(model_id).is_dir() else get_family(model_id)
+
+
+def prepare_trainable(model, family: Family, margs: ModelArguments):
+    """Freeze what the recipe freezes; wrap with LoRA in lora mode. Returns the model to train."""
+    if margs.tune_mode == "full":
+        for name, p in model.named_parameters():
+            p.requires_grad = margs.train_vision or family.param_group(name) != "vision"
+        return model
+    if margs.tune_mode != "lora":
+        raise CogipError(f"tune_mode must be lora or full, not {margs.tune_mode!r}")
+    from peft import LoraConfig, get_peft_model
+    trained = (*family.vision_prefixes, *family.projector_prefixes) if margs.train_vision else family.projector_prefixes
+    outermost = [p for p in trained if not any(p.startswith(q + ".") for q in trained)]   # Qwen's merger is in visual
+    config = LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
+                        target_modules=family.lora_target_modules, bias="none",
+                        # non-LoRA trained parts live in the adapter too, so it saves, resumes and merges whole
+                        modules_to_save=sorted({p.split(".")[-1] for p in outermost}))
+    return get_peft_model(model, config)
+
+
+def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
+                  callbacks=None) -> CogipTrainer:
+    family = resolve_family(margs.model_id, margs.family)
+    pixels = {k: v for k, v in (("min_pixels", margs.min_pixels), ("max_pixels", margs.max_pixels)) if v}
+    if pixels and family.name == "qwen":
+        processor = family.load_processor(margs.model_id, **pixels)
+    else:
+        processor = family.load_processor(margs.model_id)
+    dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
+    model = family.load_model(margs.model_id, dtype=dtype)
+    model.config.use_cache = False
+    model = prepare_trainable(model, family, margs)
+    dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
+    vocab = model.config.get_text_config().vocab_size
+    loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
+                            lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
+                            soft=largs.soft_labels)
+    targs.remove_unused_columns = False   # the collator needs the raw columns
+    return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
+                        processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
+                        merger_lr=margs.merger_lr, callbacks=callbacks)
+
+
+def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
+    margs, dargs, largs, targs = parser.parse_args_into_dataclasses(argv)
+    resume = targs.resume_from_checkpoint
+    if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
+        resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
+    trainer = build_trainer(margs, dargs, largs, targs, callbacks)
+    trainer.train(resume_from_checkpoint=resume)
+    if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
+        return trainer   # stopped early by a callback: keep the checkpoints, write no final result
+    trainer.save_model(targs.output_dir)
+    if trainer.is_world_process_zero():
+        info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
+                "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step}
+        Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
+        Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except CogipError as e:
+        print(f"cogip sft: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

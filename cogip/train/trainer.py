@@ -1,0 +1,81 @@
+"""The one trainer: transformers.Trainer with the soft-label loss, per-part learning rates and
+logits computed only where the answer is supervised."""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer
+
+from ..loss import NumberTokens, SoftLabelLoss
+from ..models.families import Family
+
+MODEL_INPUTS_DROP = ("labels",)
+
+
+def unwrap(model):
+    """The `…ForConditionalGeneration` under PEFT / DeepSpeed / DDP wrappers."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def supervised_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, V], targets [N]) at the N positions that predict a supervised token.
+
+    Runs the backbone without its lm_head and projects only those positions, so the vocabulary
+    projection never touches image and prompt tokens."""
+    core = unwrap(model)
+    labels = inputs["labels"]
+    kwargs = {k: v for k, v in inputs.items() if k not in MODEL_INPUTS_DROP}
+    hidden = core.model(**kwargs, use_cache=False).last_hidden_state      # [B, T, H]
+    shifted = labels[:, 1:]
+    keep = shifted != -100
+    h = hidden[:, :-1][keep]                                              # [N, H]
+    logits = core.lm_head(h)
+    cap = getattr(core.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits, shifted[keep]
+
+
+class CogipTrainer(Trainer):
+    def __init__(self, *args, family: Family, loss_fn: SoftLabelLoss, vision_lr: float | None = None,
+                 merger_lr: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.family, self.loss_fn = family, loss_fn
+        self.vision_lr, self.merger_lr = vision_lr, merger_lr
+        self._parts = torch.zeros(3)   # regular sum, numeric sum, tokens since the last log
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits, targets = supervised_logits(model, inputs)
+        self.loss_fn.to(logits.device)
+        total, regular, numeric = self.loss_fn(logits, targets)
+        self._parts += torch.stack([regular.detach().float().cpu(), numeric.detach().float().cpu(),
+                                    torch.tensor(float(targets.numel()))])
+        return (total, {"logits": logits}) if return_outputs else total
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs and self._parts[2] > 0:   # per-token means since the last log
+            logs["loss_regular"] = round(float(self._parts[0] / self._parts[2]), 5)
+            logs["loss_numeric"] = round(float(self._parts[1] / self._parts[2]), 5)
+            self._parts.zero_()
+        super().log(logs, *args, **kwargs)
+
+    def create_optimizer(self):
+        """Three groups: language model (LoRA or full) at lr, vision tower at vision_lr, projector at merger_lr."""
+        if self.optimizer is not None:
+            return self.optimizer
+        lrs = {"language": self.args.learning_rate, "vision": self.vision_lr or self.args.learning_rate,
+               "projector": self.merger_lr or self.args.learning_rate}
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                decay = p.ndim >= 2 and "norm" not in name.lower()
+                groups.setdefault((self.family.param_group(name), decay), []).append(p)
+        order = {"language": 0, "projector": 1, "vision": 2}   # first group's lr is the one logged
+        params = [{"params": ps, "lr": lrs[g], "weight_decay": self.args.weight_decay if decay else 0.0}
+                  for (g, decay), ps in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], not kv[0][1]))]
+        optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+        optim_kwargs.pop("lr", None)
+        self.optimizer = optim_cls(params, **optim_kwargs)
+        return self.optimizer
