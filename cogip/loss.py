@@ -82,6 +82,18 @@ class SoftLabelLoss(torch.nn.Module):
             self.register_buffer(f"ids{k}", ids, persistent=False)
             self.register_buffer(f"psi{k}", proximity(10 ** k, 10 ** (k - 1), kernel, width), persistent=False)
 
+    def target_distribution(self, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Dense q [N, V] for inspection and tests (training never builds it)."""
+        q = torch.nn.functional.one_hot(targets, vocab_size).float()
+        if not self.soft:
+            return q
+        for k in self.digit_counts:
+            is_k = self.length[targets] == k
+            soft = torch.zeros_like(q)
+            soft[:, getattr(self, f"ids{k}")] = getattr(self, f"psi{k}")[torch.where(is_k, self.value[targets], 0)]
+            q = torch.where(is_k[:, None], (1 - self.eta) * q + self.eta * soft, q)
+        return q
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """logits [N, V] at the supervised positions, targets [N] → (total, regular sum, numeric sum)."""
         logp = F.log_softmax(logits.float(), dim=-1)

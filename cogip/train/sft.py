@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import CogipError
@@ -87,6 +87,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         processor = family.load_processor(margs.model_id, **pixels)
     else:
         processor = family.load_processor(margs.model_id)
+    set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
     model.config.use_cache = False

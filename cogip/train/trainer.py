@@ -50,6 +50,11 @@ class CogipTrainer(Trainer):
         logits, targets = supervised_logits(model, inputs)
         self.loss_fn.to(logits.device)
         total, regular, numeric = self.loss_fn(logits, targets)
+        if num_items_in_batch is not None:
+            # Trainer passes the supervised-token count of the whole optimizer step (all micro-batches,
+            # all ranks) and scales back by the rank count itself: normalising by it makes the step's
+            # loss exactly (Σ regular + λ Σ numeric) / N over the global batch.
+            total = (regular + self.loss_fn.lam * numeric if self.loss_fn.soft else regular) / num_items_in_batch
         self._parts += torch.stack([regular.detach().float().cpu(), numeric.detach().float().cpu(),
                                     torch.tensor(float(targets.numel()))])
         return (total, {"logits": logits}) if return_outputs else total

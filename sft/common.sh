@@ -1,0 +1,58 @@
+# Shared body of sft/<family>/finetune_lora.sh (sourced, not run). The family script sets FAMILY and
+# its published defaults; everything here is overridable by environment variables, and any extra
+# arguments are passed last to `python -m cogip.train.sft`, so they win over the defaults.
+#
+#   MODEL_ID DATA_PATH IMAGE_FOLDER OUTPUT_DIR  model, data, images, output
+#   NUM_GPUS (auto)  GLOBAL_BATCH (128)  PER_DEVICE_BATCH (4)  -> accumulation computed
+#   DS_CONFIG (sft/deepspeed/zero2.json on GPUs; "" for none)  LAUNCHER (deepspeed|torchrun|python)
+#   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
+set -euo pipefail
+SFT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$SFT_DIR")
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+if [ -z "${NUM_GPUS:-}" ]; then
+  NUM_GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+fi
+GLOBAL_BATCH=${GLOBAL_BATCH:-128}
+PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-4}
+devices=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
+GRAD_ACCUM=${GRAD_ACCUM:-$(( GLOBAL_BATCH / (PER_DEVICE_BATCH * devices) ))}
+(( GRAD_ACCUM >= 1 )) || GRAD_ACCUM=1
+
+if (( NUM_GPUS > 0 )); then
+  DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
+  device_args=(--bf16 True --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4)
+  [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")
+else   # the same script on a CPU: the demo and the tests use it unchanged
+  DS_CONFIG=""
+  device_args=(--use_cpu True --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-False}" --dataloader_num_workers 0)
+fi
+
+args=(
+  --model_id "${MODEL_ID:-$DEFAULT_MODEL_ID}" --family "$FAMILY" --tune_mode "${TUNE_MODE:-lora}"
+  --data_path "${DATA_PATH:-$ROOT/data/cognition_training.json}"
+  --image_folder "${IMAGE_FOLDER:-$ROOT/data/cognition/cognition_images}"
+  --output_dir "${OUTPUT_DIR:-$ROOT/outputs/sft-$FAMILY-${TUNE_MODE:-lora}}"
+  --lora_r 64 --lora_alpha 64 --lora_dropout 0.05
+  --learning_rate "${LR:-$DEFAULT_LR}" --vision_lr "${VISION_LR:-2e-6}" --merger_lr "${MERGER_LR:-1e-5}"
+  --adam_beta2 "${ADAM_BETA2:-$DEFAULT_ADAM_BETA2}" --weight_decay 0.1 --warmup_steps 0.03 --lr_scheduler_type cosine
+  --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size "$PER_DEVICE_BATCH"
+  --gradient_accumulation_steps "$GRAD_ACCUM" --gradient_checkpointing_kwargs '{"use_reentrant": false}'
+  --soft_labels "${SOFT_LABELS:-True}" --soft_eta "${SOFT_ETA:-$DEFAULT_SOFT_ETA}" --soft_lambda "${SOFT_LAMBDA:-2.0}"
+  --soft_kernel triangular
+  --logging_steps 1 --save_strategy steps --save_steps "${SAVE_STEPS:-100}" --save_total_limit 3
+  --report_to "${REPORT_TO:-tensorboard}" --seed "${SEED:-42}"
+  "${device_args[@]}" "${FAMILY_ARGS[@]}" "$@"
+)
+
+LAUNCHER=${LAUNCHER:-$( (( NUM_GPUS > 1 )) && { [ -n "$DS_CONFIG" ] && echo deepspeed || echo torchrun; } || echo python)}
+echo "cogip sft: family=$FAMILY gpus=$NUM_GPUS per_device=$PER_DEVICE_BATCH accumulation=$GRAD_ACCUM launcher=$LAUNCHER" >&2
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+case "$LAUNCHER" in
+  deepspeed) exec deepspeed --num_gpus "$NUM_GPUS" --module cogip.train.sft "${args[@]}" ;;
+  torchrun)  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" -m cogip.train.sft "${args[@]}" ;;
+  python)    exec "$PYTHON" -m cogip.train.sft "${args[@]}" ;;
+  *) echo "cogip sft: unknown LAUNCHER=$LAUNCHER" >&2; exit 2 ;;
+esac

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Soft-label LoRA SFT of google/gemma-3-12b-it (published recipe). Overrides: see sft/common.sh;
+# TUNE_MODE=full for full fine-tuning with the same per-part learning rates.
+FAMILY=gemma
+DEFAULT_MODEL_ID=google/gemma-3-12b-it
+DEFAULT_LR=1e-5
+DEFAULT_ADAM_BETA2=0.95
+DEFAULT_SOFT_ETA=0.15
+FAMILY_ARGS=()
+source "$(dirname "$0")/../common.sh"

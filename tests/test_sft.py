@@ -1,0 +1,133 @@
+"""SFT end to end on the CPU through the users' launchers, with tiny models and the synthetic bench."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import TrainerCallback
+
+from cogip.data.images import open_image
+from cogip.errors import CogipError
+from cogip.models.families import FAMILIES
+from cogip.train.merge import load_adapted, merge
+from cogip.train.sft import run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(model, bench, out, **extra):
+    env = dict(os.environ, MODEL_ID=str(model), DATA_PATH=str(bench / "cognition_training.json"),
+               IMAGE_FOLDER=str(bench / "cognition/cognition_images"), OUTPUT_DIR=str(out), NUM_GPUS="0",
+               GLOBAL_BATCH="8", PER_DEVICE_BATCH="8", REPORT_TO="none", MIN_PIXELS="7056", MAX_PIXELS="7056")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _finetune(family, model, bench, out, *args, **extra):
+    return subprocess.run(["bash", ROOT / "sft" / family / "finetune_lora.sh", *map(str, args)],
+                          env=_env(model, bench, out, **extra), capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_finetune_save_reload_merge_generate(tiny_models, synth_bench, tmp_path, family):
+    out = tmp_path / "adapter"
+    run = _finetune(family, tiny_models[family], synth_bench, out, "--max_steps", 12, "--learning_rate", 5e-2,
+                    "--warmup_steps", 0, "--save_steps", 6)
+    assert run.returncode == 0, run.stderr[-3000:]
+    history = [h for h in json.loads((out / "log_history.json").read_text()) if "loss" in h]
+    losses = [h["loss"] for h in history]
+    assert len(losses) == 12 and sum(losses[-3:]) / 3 < losses[0] * 0.9, losses        # loss falls
+    assert all(h["loss"] == pytest.approx(h["loss_regular"] + 2.0 * h["loss_numeric"], rel=1e-3) for h in history)
+    info = json.loads((out / "cogip_train.json").read_text())
+    assert info["family"] == family and info["tune_mode"] == "lora"
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    fam = FAMILIES[family]
+    assert any("lora_A" in k for k in keys)
+    assert any(fam.param_group(k) == "vision" and "lora" not in k for k in keys)   # vision tower saved too
+    assert (out / "checkpoint-6").is_dir() and (out / "checkpoint-12").is_dir()
+
+    adapted, _ = load_adapted(out)
+    merged_dir = merge(out, tmp_path / "merged")
+    merged = fam.load_model(merged_dir)
+    proc = fam.load_processor(merged_dir)
+    image = open_image(synth_bench / "cognition/cognition_images/Aesthetics/000001.jpg")
+    batch = proc(text=[fam.chat_prompt(proc, "Aesthetics? label and score 0-10.")], images=fam.images_arg([image]),
+                 return_tensors="pt")
+    with torch.no_grad():
+        a, m = adapted(**batch).logits, merged(**batch).logits
+        base = fam.load_model(tiny_models[family])(**batch).logits
+    assert torch.allclose(a, m, atol=1e-4)            # merged == base + adapter
+    assert not torch.allclose(base, m, atol=1e-3)     # … and training changed the model
+    gen = merged.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert gen.shape[1] > batch["input_ids"].shape[1]
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def _args(model, bench, out, *extra):
+    return ["--model_id", str(model), "--data_path", str(bench / "cognition_training.json"),
+            "--image_folder", str(bench / "cognition/cognition_images"), "--output_dir", str(out),
+            "--max_steps", "6", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3",
+            "--save_steps", "3", "--logging_steps", "1", "--report_to", "none", "--use_cpu", "True",
+            "--seed", "7", "--lr_scheduler_type", "cosine", *extra]
+
+
+def _weights(folder):
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), "pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}
+
+
+def test_resume_reaches_the_same_weights(tiny_models, synth_bench, tmp_path):
+    model = tiny_models["qwen"]
+    run(_args(model, synth_bench, tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    run(_args(model, synth_bench, killed), callbacks=[StopAt(3)])
+    assert (killed / "checkpoint-3").is_dir() and not (killed / "adapter_model.safetensors").exists()
+    run(_args(model, synth_bench, killed, "--resume_from_checkpoint", "last"))
+    a, b = _weights(tmp_path / "straight"), _weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_full_finetune_and_param_group_lrs(tiny_models, synth_bench, tmp_path):
+    trainer = run(_args(tiny_models["gemma"], synth_bench, tmp_path / "full", "--tune_mode", "full",
+                        "--vision_lr", "1e-4", "--merger_lr", "3e-4", "--max_steps", "2", "--warmup_steps", "0",
+                        "--lr_scheduler_type", "constant"))
+    fam = FAMILIES["gemma"]
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        kinds = {fam.param_group(names[id(p)]) for p in group["params"]}
+        assert len(kinds) == 1
+        assert group["lr"] == {"language": 5e-3, "vision": 1e-4, "projector": 3e-4}[kinds.pop()]
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+    assert fam.load_model(tmp_path / "full") is not None
+
+
+def test_missing_image_stops_before_training(tiny_models, synth_bench, tmp_path):
+    import shutil
+    bench = tmp_path / "bench"
+    shutil.copytree(synth_bench, bench)
+    (bench / "cognition/cognition_images/Memorability/000004.jpg").write_bytes(b"not a jpeg")
+    run_ = _finetune("qwen", tiny_models["qwen"], bench, tmp_path / "out", "--max_steps", 1)
+    assert run_.returncode == 2
+    assert "Memorability/000004.jpg" in run_.stderr and "cannot be decoded" in run_.stderr
+    assert "Traceback" not in run_.stderr and not (tmp_path / "out" / "checkpoint-1").exists()
+
+
+def test_adapter_for_another_base_fails_loudly(tiny_models, synth_bench, tmp_path):
+    run(_args(tiny_models["qwen"], synth_bench, tmp_path / "a", "--max_steps", "1"))
+    with pytest.raises(CogipError, match="does not fit base model"):
+        load_adapted(tmp_path / "a", base=str(tiny_models["gemma"]))
