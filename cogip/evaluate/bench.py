@@ -1,0 +1,231 @@
+"""The benchmark loop behind `evaluation/<family>/cog_test.sh` (`python -m cogip.evaluate.bench`).
+
+Per dimension, into OUT/<Dim>/:
+  sample.json      the chosen item indices (reproducible: one random stream per dimension, seeded by
+                   (seed, dimension name), so neither listing order nor the other dimensions matter)
+  records.jsonl    one line per finished item, appended and flushed batch by batch (resume reads it)
+  log.txt          prompt and answer of every item, readable
+  metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
+  scatter.png      predicted vs human
+and OUT/summary.json, OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
+items; a killed run loses no finished item and ends with the same metrics as an uninterrupted one.
+With several processes (`accelerate launch`), items are split between ranks, each appends to its
+own records file, and rank 0 gathers them in item order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..data.bench import read_test_messages, write_atomic, write_json
+from ..data.images import check_images, open_image
+from ..dims import DIMENSION_NAMES, get_dimension
+from ..errors import CogipError
+from ..metrics import compute_metrics
+
+PUBLISHED_SEED = 19
+
+
+def sample_indices(n_items: int, sample_n: int | None, seed: int, dimension: str) -> list[int]:
+    if not sample_n or sample_n >= n_items:
+        return list(range(n_items))
+    return sorted(random.Random(f"{seed}/{dimension}").sample(range(n_items), sample_n))
+
+
+def read_records(folder: Path) -> dict[int, dict]:
+    """Finished items from every records file; a line cut off by a kill is ignored (redone)."""
+    done = {}
+    for path in sorted(folder.glob("records*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[rec["index"]] = rec
+    return done
+
+
+def _append(path: Path, records: list[dict]) -> None:
+    # a kill mid-write leaves a partial last line: start a new line so it never swallows a record
+    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    with open(path, "a", encoding="utf-8") as f:
+        if cut:
+            f.write("\n")
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def scatter_plot(path: Path, dim_name: str, records: list[dict], metrics: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dim = get_dimension(dim_name)
+    ok = [r for r in records if r["ok"]]
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.scatter([r["reference"] for r in ok], [r["score"] for r in ok], s=10, alpha=0.6)
+    ax.plot([dim.low, dim.high], [dim.low, dim.high], "k--", lw=0.8)
+    ax.set_xlim(dim.low, dim.high), ax.set_ylim(dim.low, dim.high)
+    rho = metrics["spearman"]
+    ax.set_title(f"{dim_name}: ρ={rho:.3f}" if rho is not None else f"{dim_name}: ρ undefined", fontsize=10)
+    ax.set_xlabel("human score"), ax.set_ylabel("model score")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summary_plot(path: Path, summary: dict) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    dims = list(summary)
+    rho = [summary[d]["spearman"] or 0.0 for d in dims]
+    ci = [summary[d]["spearman_ci95"] for d in dims]
+    err = [[max(r - (c[0] if c[0] is not None else r), 0) for r, c in zip(rho, ci)],
+           [max((c[1] if c[1] is not None else r) - r, 0) for r, c in zip(rho, ci)]]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.bar(range(len(dims)), rho, yerr=err, capsize=4, color="#4c72b0")
+    ax.set_xticks(range(len(dims)), [d.replace("_", "\n") for d in dims])
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylim(-1, 1), ax.set_ylabel("Spearman ρ (95% CI)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
+                  dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
+                  batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None) -> dict:
+    test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    is_main = rank == 0
+    if not test_dir.is_dir():
+        raise CogipError("test message folder not found", file=str(test_dir))
+    names = dims or sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    for name in names:   # unknown dimension folders are an error, not skipped
+        if name not in DIMENSION_NAMES:
+            raise CogipError(f"unknown dimension folder {name!r}; expected one of {', '.join(DIMENSION_NAMES)}",
+                             file=str(test_dir / name))
+    plan = {}
+    for name in names:
+        items = read_test_messages(test_dir / name / f"{name}_messages.json", test_dir / name / f"{name}_scores.json",
+                                   name)
+        plan[name] = (items, sample_indices(len(items), sample_n, seed, name))
+    problems = check_images([(image_root / items[i].image, f"{name} item {i}")
+                             for name, (items, idx) in plan.items() for i in idx], desc="check images")
+    if problems:
+        raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+    info = {"mode": mode, "seed": seed, "sample_n": sample_n, **(run_info or {})}
+    summary = {}
+    for name, (items, indices) in plan.items():
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        run_file = folder / "run.json"
+        if run_file.is_file() and json.loads(run_file.read_text()) != {**info, "indices": indices}:
+            raise CogipError("this output folder holds a different run (model, mode or sample); use a new --out",
+                             file=str(run_file))
+        if is_main:
+            write_json(run_file, {**info, "indices": indices})
+            write_json(folder / "sample.json", indices)
+        if accelerator:
+            accelerator.wait_for_everyone()
+        done = read_records(folder)
+        todo = [i for i in indices if i not in done][rank::world]
+        shard = folder / (f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl")
+        dim = get_dimension(name)
+        bar = tqdm(total=len(todo), desc=f"{name} ({mode})", disable=not is_main and world > 1)
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            images = [open_image(image_root / items[i].image, f"{name} item {i}") for i in chunk]
+            answers = scorer.answer(images, [items[i].prompt for i in chunk], dim, mode)
+            _append(shard, [{"index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
+                             "label": a.label, "score": a.score, "ok": a.ok, "error": a.error,
+                             "spread": a.spread, "label_probs": a.label_probs, "reference": items[i].score,
+                             "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+            bar.update(len(chunk))
+        bar.close()
+        if accelerator:
+            accelerator.wait_for_everyone()
+        if not is_main:
+            continue
+        done = read_records(folder)
+        records = [done[i] for i in indices]
+        metrics = compute_metrics([r["score"] for r in records], [r["reference"] for r in records], dim,
+                                  pred_labels=[r["label"] for r in records], seed=seed)
+        metrics["mode"] = mode
+        write_json(folder / "metrics.json", metrics)
+        write_atomic(folder / "log.txt", "".join(
+            f"[{r['index']}] {r['image']}\nPROMPT: {r['prompt']}\nANSWER: {r['answer']}\n"
+            f"PARSED: {r['label']} {r['score']}  REFERENCE: {r['reference_label']} {r['reference']}"
+            f"{'  PARSE FAILURE: ' + r['error'] if not r['ok'] else ''}\n\n" for r in records))
+        scatter_plot(folder / "scatter.png", name, records, metrics)
+        summary[name] = metrics
+    if is_main and summary:
+        write_json(out / "summary.json", summary)
+        summary_plot(out / "summary.png", summary)
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    head = f"{'dimension':<18}{'N':>6}{'parsed':>8}{'spearman':>10}{'95% CI':>17}{'pearson':>9}{'MAE':>8}{'MSE':>8}{'label acc':>10}"
+    fmt = lambda x, w, p=3: f"{x:>{w}.{p}f}" if isinstance(x, (int, float)) else f"{'—':>{w}}"
+    rows = [head]
+    for d, m in summary.items():
+        lo, hi = m["spearman_ci95"]
+        ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "—"
+        rows.append(f"{d:<18}{m['n']:>6}{m['parse_rate']:>8.1%}{fmt(m['spearman'], 10)}{ci:>17}"
+                    f"{fmt(m['pearson'], 9)}{fmt(m['mae'], 8)}{fmt(m['mse'], 8)}{fmt(m.get('label_accuracy'), 10)}")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cogip evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--model-id", required=True, help="full checkpoint (hub id or folder) or LoRA adapter folder")
+    p.add_argument("--base-model", help="base model of an adapter (default: recorded in the adapter)")
+    p.add_argument("--family", choices=("qwen", "llama", "gemma"))
+    p.add_argument("--test-dir", default="data/test_msg_file", help="folder of <Dim>/<Dim>_messages.json")
+    p.add_argument("--image-root", default="data/cognition/cognition_images")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dims", nargs="+", choices=DIMENSION_NAMES, help="subset of dimensions (default: all found)")
+    p.add_argument("--sample-n", type=int, help="items per dimension (published: 120); default all")
+    p.add_argument("--seed", type=int, default=PUBLISHED_SEED)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--mode", choices=("generate", "expected"), default="generate")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
+    p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
+    a = p.parse_args(argv)
+    try:
+        import torch
+        from accelerate import PartialState
+        state = PartialState()
+        dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
+        from .scorer import Scorer
+        scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
+                             max_new_tokens=a.max_new_tokens)
+        if a.min_pixels and scorer.family.name == "qwen":
+            scorer.processor.image_processor.min_pixels = a.min_pixels
+        if a.max_pixels and scorer.family.name == "qwen":
+            scorer.processor.image_processor.max_pixels = a.max_pixels
+        run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
+                      accelerator=state if state.num_processes > 1 else None,
+                      run_info={"model_id": a.model_id, "base_model": a.base_model})
+    except CogipError as e:
+        print(f"cogip evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

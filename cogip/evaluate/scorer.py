@@ -1,0 +1,166 @@
+"""`Scorer`: a family model + processor that answers describe-then-predict prompts for images.
+
+Two modes, both from one batched, left-padded, greedy `generate` (one prefill per image):
+- `generate`: the answer text, parsed (`cogip.parse`).
+- `expected`: the score read from the model's token probabilities instead of its sampled digits.
+  Along the greedy answer, each number token's distribution (restricted to number tokens of its
+  digit count: single digits for Qwen/Gemma, 1–3-digit tokens for Llama 3) gives an expected value;
+  the score is Σ E[token] · 10^position, its spread sqrt(Σ Var[token] · 10^(2·position)) (positions
+  treated as independent). The sign and the decimal point follow the greedy answer. Label
+  probabilities follow the label-word trie along the greedy path: P(label) = Π P(token | prefix);
+  where a label shares an off-path prefix with another (`very low`/`very high` when the model said
+  `medium`), their joint mass is reported under `"very low|very high"`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..dims import Dimension, get_dimension
+from ..errors import CogipError
+from ..loss import NumberTokens
+from ..models.families import Family, detect_family, get_family
+from ..parse import parse_answer
+
+
+@dataclass
+class Answer:
+    text: str
+    label: str | None
+    score: float | None
+    ok: bool
+    error: str | None = None
+    spread: float | None = None                    # expected mode: std of the score
+    label_probs: dict = field(default_factory=dict)
+
+
+class Scorer:
+    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24):
+        self.model, self.processor, self.family = model.eval(), processor, family
+        self.tokenizer = processor.tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
+        self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
+
+    @classmethod
+    def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
+             device: str | None = None, max_new_tokens: int = 24) -> "Scorer":
+        """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
+        from ..train.merge import load_adapted
+        is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
+        if is_adapter:
+            model, fam = load_adapted(model_id, base_model, get_family(family) if family else None, dtype=dtype)
+            processor_src = model_id if os.path.isfile(os.path.join(model_id, "tokenizer_config.json")) else \
+                (base_model or model.peft_config["default"].base_model_name_or_path)
+        else:
+            fam = get_family(family) if family else (detect_family(model_id) if os.path.isdir(model_id)
+                                                     else get_family(model_id))
+            model, processor_src = fam.load_model(model_id, dtype=dtype), model_id
+        if device:
+            model = model.to(device)
+        return cls(model, fam.load_processor(processor_src), fam, max_new_tokens)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def _generate(self, images: list, prompts: list[str], with_scores: bool):
+        texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
+        self.tokenizer.padding_side = "left"
+        batch = self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
+                               padding=True).to(self.model.device)
+        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  return_dict_in_generate=True, output_logits=with_scores,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out.sequences[:, batch["input_ids"].shape[1]:]
+        logits = torch.stack(out.logits, 1).float() if with_scores else None   # [B, steps, V]
+        return new, logits
+
+    def _end_ids(self) -> set[int]:
+        ids = {self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn), self.tokenizer.eos_token_id,
+               self.tokenizer.pad_token_id}
+        return {i for i in ids if i is not None}
+
+    def answer(self, images: list, prompts: list[str], dimension: str | Dimension, mode: str = "generate") -> list[Answer]:
+        """One Answer per (image, prompt)."""
+        if mode not in ("generate", "expected"):
+            raise CogipError(f"scoring mode must be generate or expected, not {mode!r}")
+        dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
+        new, logits = self._generate(images, prompts, with_scores=mode == "expected")
+        stop = self._end_ids()
+        answers = []
+        for b in range(new.shape[0]):
+            ids = new[b].tolist()
+            n = next((i for i, t in enumerate(ids) if t in stop), len(ids))
+            text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+            parsed = parse_answer(text, dim)
+            ans = Answer(text, parsed.label, parsed.score, parsed.ok, parsed.error)
+            if mode == "expected" and parsed.ok:
+                self._expect(ans, ids[:n], logits[b, :n], dim)
+            answers.append(ans)
+        return answers
+
+    def score(self, images: list, dimension: str | Dimension, mode: str = "expected",
+              prompt: str | None = None, batch_size: int = 8) -> list[float | None]:
+        """Scores for images on a dimension (None where the answer did not parse)."""
+        dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
+        out = []
+        for i in range(0, len(images), batch_size):
+            chunk = images[i:i + batch_size]
+            out += [a.score for a in self.answer(chunk, [prompt or dim.prompt] * len(chunk), dim, mode)]
+        return out
+
+    # ------------------------------------------------------------------ expected mode
+    def _label_trie(self, dim: Dimension) -> list[tuple[str, list[int]]]:
+        if dim.name not in self._label_tries:
+            self._label_tries[dim.name] = [(lab, self.tokenizer(lab, add_special_tokens=False)["input_ids"])
+                                           for lab in dim.labels]
+        return self._label_tries[dim.name]
+
+    def _expect(self, ans: Answer, ids: list[int], logits: torch.Tensor, dim: Dimension) -> None:
+        logp = torch.log_softmax(logits, -1)                  # [n, V]
+        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        # label probabilities: labels start at the answer's first token
+        probs: dict[str, float] = {}
+        for label, lids in self._label_trie(dim):
+            total, j = 0.0, 0
+            while j < len(lids) and j < len(ids) and (j == 0 or ids[j - 1] == lids[j - 1]):
+                total += logp[j, lids[j]].item()
+                j += 1
+            if j == len(lids):
+                probs[label] = math.exp(total)
+            else:   # diverged from the greedy path after a shared prefix: the split is unknown
+                key = "|".join(l for l, t in self._label_trie(dim) if t[:j] == lids[:j])
+                probs[key] = math.exp(total)
+        ans.label_probs = {k: round(v, 6) for k, v in probs.items()}
+        # the number: first number token after the label
+        length = self.numbers.length
+        start = next((i for i, t in enumerate(ids) if length[t] > 0), None)
+        if start is None:
+            return
+        j, int_part, frac_part = start, [], []
+        while j < len(ids) and length[ids[j]] > 0:
+            int_part.append(j)
+            j += 1
+        if j < len(ids) and tokens[j] == ".":
+            j += 1
+            while j < len(ids) and length[ids[j]] > 0:
+                frac_part.append(j)
+                j += 1
+        mean = var = 0.0
+        exponent = sum(int(length[ids[i]]) for i in int_part)
+        for i in int_part + frac_part:
+            k = int(length[ids[i]])
+            exponent -= k
+            cls = self.numbers.classes[k].to(logp.device)
+            p = torch.softmax(logp[i, cls], -1)
+            values = torch.arange(10 ** k, device=p.device, dtype=p.dtype)
+            m = (p * values).sum().item()
+            v = (p * values ** 2).sum().item() - m * m
+            mean += m * 10.0 ** exponent
+            var += max(v, 0.0) * 10.0 ** (2 * exponent)
+        sign = -1.0 if start > 0 and tokens[start - 1].lstrip("Ġ▁ ").endswith("-") else 1.0
+        ans.score = min(max(sign * mean, dim.low), dim.high)
+        ans.spread = math.sqrt(var)

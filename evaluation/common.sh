@@ -1,0 +1,30 @@
+# Shared body of evaluation/<family>/cog_test.sh (sourced). Environment overrides:
+#   MODEL_ID (full checkpoint or LoRA adapter folder)  BASE_MODEL (an adapter's base)  FAMILY
+#   TEST_DIR (data/test_msg_file)  IMAGE_ROOT (data/cognition/cognition_images)  OUT
+#   SAMPLE_N (120 as published; 0 = all)  SEED (19)  BATCH_SIZE (8)  MODE (generate|expected)
+#   NUM_GPUS (auto; >1 runs data-parallel through accelerate)  DTYPE (bfloat16 on GPU)
+# Extra arguments go last to `python -m cogip.evaluate.bench` and win.
+set -euo pipefail
+EVAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$EVAL_DIR")
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
+fi
+if [ -z "${NUM_GPUS:-}" ]; then
+  NUM_GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+fi
+MODEL_ID=${MODEL_ID:-$DEFAULT_MODEL_ID}
+SAMPLE_N=${SAMPLE_N:-120}
+args=(--model-id "$MODEL_ID" --family "$FAMILY"
+      --test-dir "${TEST_DIR:-$ROOT/data/test_msg_file}" --image-root "${IMAGE_ROOT:-$ROOT/data/cognition/cognition_images}"
+      --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(basename "$MODEL_ID")-${MODE:-generate}}"
+      --seed "${SEED:-19}" --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
+      --dtype "${DTYPE:-$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)}")
+[ -n "${BASE_MODEL:-}" ] && args+=(--base-model "$BASE_MODEL")
+(( SAMPLE_N > 0 )) && args+=(--sample-n "$SAMPLE_N")
+args+=("${FAMILY_ARGS[@]}" "$@")
+export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
+if (( NUM_GPUS > 1 )); then
+  exec "$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_GPUS" -m cogip.evaluate.bench "${args[@]}"
+fi
+exec "$PYTHON" -m cogip.evaluate.bench "${args[@]}"
