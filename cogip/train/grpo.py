@@ -1,0 +1,81 @@
+"""`python -m cogip.train.grpo` — the RL ablation: trl's GRPOTrainer on the bench's GRPO JSON.
+
+Reward per completion: 1 − |pred − gt| / range (range 10, 10, 6, 1), clipped to [−1, 1];
+an answer that does not parse earns −0.5.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import datasets
+from transformers import HfArgumentParser, set_seed
+
+from ..data.bench import read_training_json
+from ..data.images import check_images
+from ..dims import SCORE_RANGE
+from ..errors import CogipError
+from ..parse import parse_answer
+from .sft import DataArguments, ModelArguments, resolve_family
+
+UNPARSEABLE_REWARD = -0.5
+
+
+def cogip_reward(completions, score, dimension, **kwargs) -> list[float]:
+    rewards = []
+    for completion, gt, dim in zip(completions, score, dimension):
+        text = completion[-1]["content"] if isinstance(completion, list) else completion
+        if isinstance(text, list):   # content parts
+            text = " ".join(p.get("text", "") for p in text if isinstance(p, dict))
+        parsed = parse_answer(text, dim)
+        if not parsed.ok:
+            rewards.append(UNPARSEABLE_REWARD)
+        else:
+            rewards.append(max(-1.0, min(1.0, 1.0 - abs(parsed.score - gt) / SCORE_RANGE[dim])))
+    return rewards
+
+
+def grpo_dataset(data_path: str, image_folder: str) -> datasets.Dataset:
+    from pathlib import Path
+    items = read_training_json(data_path, grpo=True)
+    root = Path(image_folder)
+    problems = check_images([(root / it.image, f"{it.image} (id {it.id})") for it in items])
+    if problems:
+        raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    ds = datasets.Dataset.from_list([{
+        "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.prompt}]}],
+        "image": str(root / it.image), "score": it.score, "dimension": it.dimension} for it in items])
+    return ds.cast_column("image", datasets.Image())
+
+
+def run(argv: list[str] | None = None):
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+    margs, dargs, gargs = HfArgumentParser((ModelArguments, DataArguments, GRPOConfig)).parse_args_into_dataclasses(argv)
+    family = resolve_family(margs.model_id, margs.family)
+    set_seed(gargs.seed)
+    processor = family.load_processor(margs.model_id)
+    model = family.load_model(margs.model_id)
+    peft_config = None if margs.tune_mode == "full" else LoraConfig(
+        r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
+        target_modules=family.lora_target_modules)
+    gargs.remove_unused_columns = False
+    trainer = GRPOTrainer(model=model, reward_funcs=[cogip_reward], args=gargs,
+                          train_dataset=grpo_dataset(dargs.data_path, dargs.image_folder),
+                          processing_class=processor, peft_config=peft_config)
+    trainer.train(resume_from_checkpoint=gargs.resume_from_checkpoint)
+    trainer.save_model(gargs.output_dir)
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(argv)
+    except CogipError as e:
+        print(f"cogip grpo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

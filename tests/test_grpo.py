@@ -1,0 +1,32 @@
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cogip.train.grpo import UNPARSEABLE_REWARD, cogip_reward
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_reward_values():
+    completions = [[{"role": "assistant", "content": "medium 5.000"}], "high 7.0", "<answer>negative -3.000</answer>",
+                   "very high 0.9", "no idea", "very high 99"]
+    rewards = cogip_reward(completions, score=[6.0, 2.0, 3.0, 0.1, 5.0, 5.0],
+                           dimension=["Aesthetics", "Funniness", "Emotional_Valence", "Memorability", "Aesthetics",
+                                      "Aesthetics"])
+    assert rewards == pytest.approx([0.9, 0.5, 0.0, 0.2, UNPARSEABLE_REWARD, UNPARSEABLE_REWARD])
+
+
+def test_grpo_runs_on_tiny_qwen(tiny_models, synth_bench, tmp_path):
+    env = dict(os.environ, MODEL_ID=str(tiny_models["qwen"]), DATA_PATH=str(synth_bench / "training_grpo.json"),
+               IMAGE_FOLDER=str(synth_bench / "cognition/cognition_images"), OUTPUT_DIR=str(tmp_path / "grpo"),
+               NUM_GPUS="0", REPORT_TO="none", NUM_GENERATIONS="4", PER_DEVICE_BATCH="4")
+    run = subprocess.run(["bash", ROOT / "sft/qwen/finetune_grpo.sh", "--max_steps", "2", "--max_completion_length", "8",
+                          "--learning_rate", "1e-4"], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    state = json.loads((tmp_path / "grpo/checkpoint-2/trainer_state.json").read_text())
+    rewards = [h["reward"] for h in state["log_history"] if "reward" in h]
+    assert len(rewards) == 2 and all(-1.0 <= float(r) <= 1.0 for r in rewards)
+    assert (tmp_path / "grpo/adapter_model.safetensors").is_file()
