@@ -110,7 +110,10 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
     trainer = build_trainer(margs, dargs, largs, targs, callbacks)
-    trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    args = trainer.args
+    print(f"cogip sft: rank {args.process_index}/{args.world_size} on {args.device}: "
+          f"{trainer.state.global_step} steps, train loss {result.training_loss:.4f}", flush=True)
     if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
         return trainer   # stopped early by a callback: keep the checkpoints, write no final result
     trainer.save_model(targs.output_dir)

@@ -1,0 +1,111 @@
+"""Benchmark-loop throughput (images/s) with the real Qwen2.5-VL-7B architecture and random weights:
+(a) a faithful re-implementation of the published loop (one image at a time, generate),
+(b) this project's loop in `generate` mode, (c) in `expected` mode — both end to end (JPEG decode,
+processor, batched generation, parsing, JSONL records, metrics, plots).
+
+    python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
+    python benchmarks/eval_bench.py --cpu-smoke --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from cogip.data.bench import write_json
+from cogip.data.images import open_image
+from cogip.dims import DIMENSIONS
+from cogip.evaluate.bench import run_benchmark
+from cogip.evaluate.scorer import Scorer
+from cogip.models.families import FAMILIES
+from cogip.models.tiny import build_tiny
+
+MAX_NEW = 10   # a describe-then-predict answer is ~8 tokens; random weights never stop by themselves
+
+
+def make_bench(root: Path, n: int, side: int) -> Path:
+    dim = DIMENSIONS["Aesthetics"]
+    rng = np.random.default_rng(0)
+    (root / "img" / dim.name).mkdir(parents=True, exist_ok=True)
+    msgs, answers = [], []
+    for i in range(n):
+        name = f"{dim.name}/{i:06d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / "img" / name, quality=90)
+        msgs.append([{"role": "user", "content": [{"type": "image", "image": name}, {"type": "text", "text": dim.prompt}]}])
+        answers.append(dim.format_answer(float(rng.uniform(1, 9))))
+    write_json(root / "test" / dim.name / f"{dim.name}_messages.json", msgs)
+    write_json(root / "test" / dim.name / f"{dim.name}_scores.json", answers)
+    return root
+
+
+def published_loop(model, processor, fam, bench: Path, n: int) -> float:
+    msgs = json.loads((bench / "test/Aesthetics/Aesthetics_messages.json").read_text())[:n]
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for m in msgs:
+        image = open_image(bench / "img" / m[0]["content"][0]["image"])
+        text = fam.chat_prompt(processor, m[0]["content"][1]["text"])
+        inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
+        processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    sync()
+    return len(msgs) / (time.perf_counter() - t)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cpu-smoke", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=128)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    a = p.parse_args()
+    out = Path(a.out)
+    cuda = torch.cuda.is_available() and not a.cpu_smoke
+    fam = FAMILIES["qwen"]
+    tiny = build_tiny("qwen", out / "tiny_qwen")
+    processor = fam.load_processor(tiny)
+    side = 896 if cuda else 84
+    processor.image_processor.min_pixels = processor.image_processor.max_pixels = side * side
+    if cuda:
+        from cogip.models.configs import qwen2_5_vl_7b
+        with torch.device("cuda"):
+            model = fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16)
+        model.eval()
+        n, n_pub = a.n, 24
+    else:
+        model, n, n_pub = fam.load_model(tiny), 8, 4
+    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    bench = make_bench(out / "bench", n, side)
+    sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
+                       images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
+    visual = int((sample["input_ids"] == model.config.image_token_id).sum())
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "visual_tokens": visual, "prompt_tokens": int(sample["input_ids"].shape[1]), "max_new_tokens": MAX_NEW}
+    published_loop(model, processor, fam, bench, 2)                       # warm-up
+    results["published_img_s"] = published_loop(model, processor, fam, bench, n_pub)
+    scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW)
+    for mode in ("generate", "expected"):
+        for bs in (a.batch_sizes if cuda else [4]):
+            run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{mode}_{bs}", batch_size=bs, mode=mode,
+                          sample_n=bs)
+            sync = torch.cuda.synchronize if cuda else (lambda: None)
+            sync()
+            t = time.perf_counter()
+            run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{mode}_{bs}", batch_size=bs, mode=mode)
+            sync()
+            results[f"{mode}_bs{bs}_img_s"] = n / (time.perf_counter() - t)
+    if cuda:
+        results["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    print(json.dumps(results, indent=2))
+    (out / "eval_bench.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
