@@ -158,3 +158,26 @@ def build_tiny(family: str, out: str | os.PathLike, seed: int = 0):
     model.save_pretrained(out)
     proc.save_pretrained(out)
     return out
+
+
+def build_tiny_qwen_image(out: str | os.PathLike, text_encoder: str | os.PathLike, seed: int = 0):
+    """A tiny Qwen-Image pipeline (transformer, VAE, scheduler) around a tiny Qwen2.5-VL text encoder,
+    saved as a normal diffusers folder; the transformer's joint_attention_dim matches the encoder."""
+    import torch
+    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                           QwenImageTransformer2DModel)
+    fam = get_family("qwen")
+    encoder = fam.load_model(text_encoder)
+    hidden = encoder.config.get_text_config().hidden_size
+    torch.manual_seed(seed)
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=2,
+                                              attention_head_dim=16, num_attention_heads=3,
+                                              joint_attention_dim=hidden, guidance_embeds=False,
+                                              axes_dims_rope=(8, 4, 4))
+    vae = AutoencoderKLQwenImage(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1,
+                                 temperal_downsample=[False, True], latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+    pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=encoder,
+                             tokenizer=fam.load_processor(text_encoder).tokenizer, transformer=transformer)
+    out = Path(out)
+    pipe.save_pretrained(out)
+    return out
