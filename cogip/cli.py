@@ -52,6 +52,12 @@ def _models_tiny(a) -> int:
     return 0
 
 
+def _models_tiny_qwen_image(a) -> int:
+    from .models.tiny import build_tiny_qwen_image
+    print(f"tiny Qwen-Image pipeline written to {build_tiny_qwen_image(a.out, a.encoder, seed=a.seed)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cogip", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--nest", action="store_true", help="write OUT/<family> even for one family")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_models_tiny)
+    q = models.add_parser("tiny-qwen-image", help="tiny Qwen-Image pipeline around a tiny Qwen2.5-VL text encoder")
+    q.add_argument("out")
+    q.add_argument("--encoder", required=True, help="tiny Qwen2.5-VL checkpoint (e.g. from `cogip models tiny`)")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(fn=_models_tiny_qwen_image)
     return p
 
 

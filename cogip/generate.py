@@ -164,14 +164,17 @@ def generate(pipe, swap: EncoderSwap, prompts: list[tuple[str, str]], out: Path,
 
 
 def score_outputs(out: Path, records: list[dict], scorer_id: str, dimension: str, seed: int = 0,
-                  mode: str = "expected") -> dict:
+                  mode: str = "expected", prompt_style: str = "full") -> dict:
     """Score every generated image on `dimension`; CSV + summary (paired difference, bootstrap CI, win rate) + plot."""
     from .evaluate.scorer import Scorer
     from .data.images import open_image
+    from .dims import get_dimension
     scorer = Scorer.load(scorer_id)
+    dim = get_dimension(dimension)
+    prompt = dim.short_prompt if prompt_style == "short" else dim.prompt   # ask as the scorer was trained
     rows = []
     for r in tqdm(records, desc=f"score {dimension}"):
-        s = scorer.score([open_image(out / r["file"])], dimension, mode=mode)[0]
+        s = scorer.score([open_image(out / r["file"])], dim, mode=mode, prompt=prompt)[0]
         rows.append({**r, "score": s})
     return summarise_scores(out, rows, dimension, seed)
 
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-combined", action="store_true", help="skip the side-by-side images")
     p.add_argument("--score-with", metavar="MODEL", help="score every image with this benchmark model")
     p.add_argument("--trait", help="dimension to score (Aesthetics, Funniness, Emotional_Valence, Memorability)")
+    p.add_argument("--score-prompt", choices=("full", "short"), default="full",
+                   help="prompt wording the scorer was trained on (short: the synthetic bench's)")
     a = p.parse_args(argv)
     try:
         from diffusers import QwenImagePipeline
@@ -273,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(records)} images in {a.out}")
         if a.score_with:
             del pipe, swap
-            summary = score_outputs(Path(a.out), records, a.score_with, a.trait)
+            summary = score_outputs(Path(a.out), records, a.score_with, a.trait, prompt_style=a.score_prompt)
             print(json.dumps(summary, indent=2))
     except CogipError as e:
         print(f"cogip generate: error: {e}", file=sys.stderr)

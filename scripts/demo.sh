@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# The embedded default on a CPU: synthetic bench + tiny offline models. OUT defaults to runs/demo.
+# The embedded default on a CPU: synthetic bench + tiny offline Qwen2.5-VL, scored, fine-tuned with
+# soft labels, scored again in both modes, then used as Qwen-Image's text encoder; writes
+# ${OUT:-runs/demo}/report.md. Extra arguments go to `python -m cogip.demo` (e.g. --families qwen llama gemma).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-export PATH="$PWD/.venv/bin:$PATH"
-OUT=${OUT:-runs/demo}
-cogip data synth "$OUT/bench"
-cogip data validate "$OUT/bench"
-cogip models tiny "$OUT/models" --family qwen llama gemma --nest
-echo "bench: $OUT/bench   tiny models: $OUT/models/{qwen,llama,gemma}"
+exec .venv/bin/python -m cogip.demo --out "${OUT:-runs/demo}" "$@"

@@ -96,20 +96,20 @@ class Interrupting:
     """A scorer that is 'killed' after a number of batches."""
 
     def __init__(self, scorer, batches):
-        self.scorer, self.left = scorer, batches
+        self.scorer, self.left, self.prepare = scorer, batches, scorer.prepare
 
-    def answer(self, *args):
+    def answer_prepared(self, *args):
         if self.left == 0:
             raise KeyboardInterrupt
         self.left -= 1
-        return self.scorer.answer(*args)
+        return self.scorer.answer_prepared(*args)
 
 
 def test_resume_after_interruption(trained, synth_bench, tmp_path):
     scorer = Scorer.load(str(trained["qwen"]))
     kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
               dims=["Aesthetics"], batch_size=3, mode="expected")
-    straight = run_benchmark(scorer, out=tmp_path / "straight", **kw)
+    straight = run_benchmark(scorer, out=tmp_path / "straight", num_workers=2, **kw)   # loader workers
     with pytest.raises(KeyboardInterrupt):
         run_benchmark(Interrupting(scorer, 2), out=tmp_path / "killed", **kw)
     records = tmp_path / "killed" / "Aesthetics" / "records.jsonl"

@@ -4,9 +4,10 @@ Each dimension reads one continuous cue, so a model must use the prompt to know 
 - Aesthetics: background brightness
 - Funniness: size of the central disc
 - Emotional_Valence: colour temperature of the background (cool blue = -3 … warm orange = +3)
-- Memorability: horizontal position of the central disc (left = 0, right = 1)
-Everything else (disc colour, a small distractor square, pixel noise) is random and carries no
-signal. Human-like noise is added to each score, so even a perfect cue reader stays below ρ = 1.
+- Memorability: saturation of the central disc (grey = 0 … vivid red = 1)
+Everything else (disc colour and position, a small distractor square, pixel noise) is random and
+carries no signal; the disc always stands out from the background. (Disc position was tried for
+Memorability: a 0.2 M-parameter model did not learn it in minutes, ρ ≈ 0.1.) Human-like noise is added to each score, so even a perfect cue reader stays below ρ = 1.
 Deterministic for a seed. `draw` also renders an image for any given score, which is how the
 published score lists get images here (`cogip data synth DIR --from-bench BENCH`).
 """
@@ -43,12 +44,16 @@ def draw(dimension: str | Dimension, score: float, rng: np.random.Generator, siz
         bg = np.array([60 + 170 * u, 110, 230 - 170 * u])
     elif dim.name == "Funniness":
         radius = (0.06 + 0.34 * u) * size
-    elif dim.name == "Memorability":
-        cx = (0.15 + 0.70 * u) * size
+    disc = rng.integers(0, 256, 3).astype(float)
+    if dim.name == "Memorability":
+        grey = rng.uniform(90, 170)
+        disc = (1 - u) * np.full(3, grey) + u * np.array([235.0, 25.0, 20.0])
+    else:   # keep the disc visible: bright on a dark background, dark on a bright one
+        disc = 255 - (255 - disc) * 0.35 if bg.mean() < 128 else disc * 0.35
     img = Image.new("RGB", (size, size), tuple(int(c) for c in bg))
     d = ImageDraw.Draw(img)
     cy = rng.uniform(0.4, 0.6) * size
-    disc = tuple(int(c) for c in rng.integers(0, 256, 3))
+    disc = tuple(int(c) for c in disc)
     d.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=disc)
     s = rng.uniform(0.06, 0.12) * size                         # distractor square in a corner
     x0, y0 = rng.choice([0.03, 0.80]) * size, rng.choice([0.03, 0.80]) * size

@@ -22,6 +22,7 @@ import random
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ..data.bench import read_test_messages, write_atomic, write_json
@@ -101,9 +102,26 @@ def summary_plot(path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
+class _Batches(torch.utils.data.Dataset):
+    """One element = one prepared batch (images decoded, processed, padded): what loader workers do
+    while the GPU generates the previous batch."""
+
+    def __init__(self, scorer, chunks, items, image_root: Path, name: str):
+        self.prepare, self.chunks, self.items, self.root, self.name = scorer.prepare, chunks, items, image_root, name
+
+    def __len__(self):
+        return len(self.chunks)
+
+    def __getitem__(self, j):
+        chunk = self.chunks[j]
+        images = [open_image(self.root / self.items[i].image, f"{self.name} item {i}") for i in chunk]
+        return chunk, self.prepare(images, [self.items[i].prompt for i in chunk])
+
+
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
-                  batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None) -> dict:
+                  batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
+                  num_workers: int = 0) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -144,10 +162,12 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         shard = folder / (f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl")
         dim = get_dimension(name)
         bar = tqdm(total=len(todo), desc=f"{name} ({mode})", disable=not is_main and world > 1)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            images = [open_image(image_root / items[i].image, f"{name} item {i}") for i in chunk]
-            answers = scorer.answer(images, [items[i].prompt for i in chunk], dim, mode)
+        chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+        loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, items, image_root, name), batch_size=None,
+                                             num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                             prefetch_factor=2 if num_workers else None)
+        for chunk, batch in loader:
+            answers = scorer.answer_prepared(batch, dim, mode)
             _append(shard, [{"index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
                              "label": a.label, "score": a.score, "ok": a.ok, "error": a.error,
                              "spread": a.spread, "label_probs": a.label_probs, "reference": items[i].score,
@@ -205,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
+    p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     a = p.parse_args(argv)
     try:
         import torch
@@ -220,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             scorer.processor.image_processor.max_pixels = a.max_pixels
         run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                       accelerator=state if state.num_processes > 1 else None,
-                      run_info={"model_id": a.model_id, "base_model": a.base_model})
+                      run_info={"model_id": a.model_id, "base_model": a.base_model},
+                      num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0))
     except CogipError as e:
         print(f"cogip evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ import torch
 from ..dims import Dimension, get_dimension
 from ..errors import CogipError
 from ..loss import NumberTokens
+from ..models.attention import use_varlen_vision_attention
 from ..models.families import Family, detect_family, get_family
 from ..parse import parse_answer
 
@@ -42,6 +43,7 @@ class Scorer:
     def __init__(self, model, processor, family: Family, max_new_tokens: int = 24):
         self.model, self.processor, self.family = model.eval(), processor, family
         self.tokenizer = processor.tokenizer
+        use_varlen_vision_attention(model)   # batched window attention instead of a per-window loop
         self.max_new_tokens = max_new_tokens
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
@@ -65,12 +67,16 @@ class Scorer:
         return cls(model, fam.load_processor(processor_src), fam, max_new_tokens)
 
     # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def _generate(self, images: list, prompts: list[str], with_scores: bool):
+    def prepare(self, images: list, prompts: list[str]) -> dict:
+        """CPU-side work for one batch (chat text, image processing, left padding): safe in loader workers."""
         texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
         self.tokenizer.padding_side = "left"
-        batch = self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                               padding=True).to(self.model.device)
+        return dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
+                                   padding=True))
+
+    @torch.no_grad()
+    def _generate(self, batch: dict, with_scores: bool):
+        batch = {k: v.to(self.model.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
                                   return_dict_in_generate=True, output_logits=with_scores,
                                   pad_token_id=self.tokenizer.pad_token_id)
@@ -85,10 +91,14 @@ class Scorer:
 
     def answer(self, images: list, prompts: list[str], dimension: str | Dimension, mode: str = "generate") -> list[Answer]:
         """One Answer per (image, prompt)."""
+        return self.answer_prepared(self.prepare(images, prompts), dimension, mode)
+
+    def answer_prepared(self, batch: dict, dimension: str | Dimension, mode: str = "generate") -> list[Answer]:
+        """Answers for a batch from `prepare`."""
         if mode not in ("generate", "expected"):
             raise CogipError(f"scoring mode must be generate or expected, not {mode!r}")
         dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
-        new, logits = self._generate(images, prompts, with_scores=mode == "expected")
+        new, logits = self._generate(batch, with_scores=mode == "expected")
         stop = self._end_ids()
         answers = []
         for b in range(new.shape[0]):
