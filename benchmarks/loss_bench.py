@@ -54,10 +54,13 @@ def plain_ce(hidden_states, weight, labels, loss_fn):
 
 
 def published(hidden_states, weight, labels, loss_fn, eta=0.15, lam=2.0):
+    return published_from_logits(hidden_states @ weight.T, labels, loss_fn, eta, lam)
+
+
+def published_from_logits(logits, labels, loss_fn, eta=0.15, lam=2.0):
     """The published algorithm: full-vocabulary log-softmax in the model dtype over every position, then a
     Python loop over supervised tokens; each digit gets a triangular soft target over the 10 digit tokens,
     weighted 10^position and normalised by the weights' sum."""
-    logits = hidden_states @ weight.T
     logp = torch.log_softmax(logits, dim=-1)                        # model dtype, [B, T, V]
     digit_ids = loss_fn.ids1
     psi = proximity(10, 1, "triangular", 2.0).to(logp.device, logp.dtype)

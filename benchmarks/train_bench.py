@@ -1,0 +1,126 @@
+"""One SFT training step at real size: Qwen2.5-VL-7B architecture, random bf16 weights, batch 4,
+1280 visual tokens per image, LoRA r64 on the language model, vision tower trained, gradient
+checkpointing. Variants:
+  published  full logits + the published loss (full-vocab log-softmax, per-token loop), per-window vision attention
+  ours-loss  answer-only logits + this project's soft-label loss, per-window vision attention
+  ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
+Prints samples/s, peak memory, approximate MFU and the loss of each on the same batch.
+
+    python benchmarks/train_bench.py --out DIR           # GPU
+    python benchmarks/train_bench.py --cpu-smoke --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loss_bench import published_from_logits  # noqa: E402
+
+from cogip.dims import DIMENSIONS  # noqa: E402
+from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
+from cogip.models.attention import use_varlen_vision_attention  # noqa: E402
+from cogip.models.families import FAMILIES  # noqa: E402
+from cogip.models.tiny import build_tiny  # noqa: E402
+from cogip.train.data import SFTCollator  # noqa: E402
+from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
+from cogip.train.trainer import supervised_logits  # noqa: E402
+
+PEAK_TFLOPS = 989.0   # H100/H200 SXM dense bf16
+
+
+def batch_rows(root: Path, n: int, h: int, w: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, dim in zip(range(n), list(DIMENSIONS.values()) * n):
+        path = root / f"img{i}.jpg"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+        rows.append({"image": str(path), "prompt": dim.prompt, "answer": dim.format_answer(dim.low + 0.577 * dim.span)})
+    return rows
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--cpu-smoke", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--variants", nargs="+", default=["published", "ours-loss", "ours"])
+    a = p.parse_args()
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available() and not a.cpu_smoke
+    fam = FAMILIES["qwen"]
+    tiny = build_tiny("qwen", out / "tiny_qwen")
+    processor = fam.load_processor(tiny)
+    h, w = (896, 1120) if cuda else (84, 84)                  # 64x80 patches = 1280 merged visual tokens
+    processor.image_processor.min_pixels = processor.image_processor.max_pixels = h * w
+    batch = SFTCollator(fam, processor)(batch_rows(out, 4, h, w))
+    device = "cuda" if cuda else "cpu"
+    batch = {k: v.to(device) for k, v in batch.items()}
+    results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
+               "batch": 4, "tokens_per_sample": int(batch["input_ids"].shape[1]),
+               "visual_tokens": int((batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())}
+    for variant in a.variants:
+        torch.manual_seed(0)
+        if cuda:
+            from cogip.models.configs import qwen2_5_vl_7b
+            with torch.device("cuda"):
+                model = fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16)
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            model = fam.load_model(tiny)
+        if variant == "ours":
+            use_varlen_vision_attention(model)
+        model.config.use_cache = False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+        model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)))
+        model.train()
+        numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
+        loss_fn = SoftLabelLoss(numbers).to(device)
+        params = [q for q in model.parameters() if q.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-5)
+        n_params = sum(q.numel() for q in model.parameters())
+
+        def step():
+            if variant == "published":   # full logits from the model, then the published loss
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = published_from_logits(logits, batch["labels"], loss_fn)
+            else:
+                lg, tg = supervised_logits(model, batch)
+                loss = loss_fn(lg, tg)[0]
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss.detach())
+
+        losses = [step() for _ in range(1 if not cuda else 2)]
+        sync = torch.cuda.synchronize if cuda else (lambda: None)
+        sync()
+        t = time.perf_counter()
+        for _ in range(a.steps if cuda else 1):
+            losses.append(step())
+        sync()
+        sec = (time.perf_counter() - t) / (a.steps if cuda else 1)
+        tokens = 4 * results["tokens_per_sample"]
+        results[variant] = {"step_s": sec, "samples_s": 4 / sec, "first_loss": losses[0],
+                            "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+                            "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
+        print(variant, json.dumps(results[variant]), flush=True)
+        del model, opt, params
+        if cuda:
+            torch.cuda.empty_cache()
+    print(json.dumps(results, indent=2))
+    (out / "train_bench.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

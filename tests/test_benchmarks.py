@@ -1,0 +1,29 @@
+"""CPU-sized runs of the benchmark scripts: that they run and report (speed is measured on GPUs,
+see docs/benchmarks.md)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script,report", [("loss_bench.py", "loss.json"), ("eval_bench.py", "eval_bench.json"),
+                                           ("train_bench.py", "train_bench.json")])
+def test_benchmark_smoke(tmp_path, script, report):
+    args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / report).read_text())
+    if script == "loss_bench.py":
+        row = data["rows"][0]
+        assert row["ours"]["ms"] > 0 and row["published"]["ms"] > 0 and row["plain_ce"]["ms"] > 0
+    elif script == "eval_bench.py":
+        assert data["published_img_s"] > 0 and data["generate_bs4_img_s"] > 0 and data["expected_bs4_img_s"] > 0
+    else:
+        assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours"))
+        assert data["ours"]["first_loss"] == pytest.approx(data["ours-loss"]["first_loss"], rel=1e-5)
