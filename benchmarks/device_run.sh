@@ -17,6 +17,7 @@ section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$OUT/$1.log" 2>&1; e
 loss() { python3 benchmarks/loss_bench.py --out "$OUT/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-128}" && cp /tmp/evalbench/eval_bench.json "$OUT/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
+breakdown() { python3 benchmarks/eval_breakdown.py; }
 train() { python3 benchmarks/train_bench.py --out /tmp/trainbench && cp /tmp/trainbench/train_bench.json "$OUT/"; }
 
 for s in ${SECTIONS:-loss eval multigpu}; do
@@ -25,5 +26,6 @@ for s in ${SECTIONS:-loss eval multigpu}; do
     eval) section eval eval_ ;;
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
+    breakdown) section breakdown breakdown ;;
   esac
 done
