@@ -115,7 +115,7 @@ def main():
                             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
-        del model, opt, params
+        model = opt = params = None   # free before the next variant
         if cuda:
             torch.cuda.empty_cache()
     print(json.dumps(results, indent=2))

@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .data.bench import load_json, write_json
-from .errors import CogipError
+from .errors import CogipError, exit_code
 from .models.families import get_family
 
 SWAP_CHECK_PROMPT = "A quiet lake at dawn, mist over the water."
@@ -254,36 +254,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-prompt", choices=("full", "short"), default="full",
                    help="prompt wording the scorer was trained on (short: the synthetic bench's)")
     a = p.parse_args(argv)
+    return exit_code("cogip generate", _generate_cli, a)
+
+
+def _generate_cli(a) -> None:
+    from diffusers import QwenImagePipeline
+    from diffusers.utils import logging as diffusers_logging
+    diffusers_logging.set_verbosity_error()   # single-prompt embeddings have no padding mask, by design
+    prompts = read_prompts(a.prompts) if a.prompts else [("0000", a.prompt)]
+    if a.score_with and not a.trait:
+        raise CogipError("--score-with needs --trait")
+    dtype = getattr(torch, a.dtype)
+    kwargs = {"device_map": a.device_map} if a.device_map else {}
     try:
-        from diffusers import QwenImagePipeline
-        from diffusers.utils import logging as diffusers_logging
-        diffusers_logging.set_verbosity_error()   # single-prompt embeddings have no padding mask, by design
-        prompts = read_prompts(a.prompts) if a.prompts else [("0000", a.prompt)]
-        if a.score_with and not a.trait:
-            raise CogipError("--score-with needs --trait")
-        dtype = getattr(torch, a.dtype)
-        kwargs = {"device_map": a.device_map} if a.device_map else {}
-        try:
-            pipe = QwenImagePipeline.from_pretrained(a.pipeline, torch_dtype=dtype, **kwargs)
-        except (OSError, ValueError) as e:
-            raise CogipError(f"cannot load the Qwen-Image pipeline {a.pipeline}: {str(e).splitlines()[0]}") from None
-        if not a.device_map:
-            pipe.to(a.device)
-        pipe.set_progress_bar_config(disable=True)
-        encoder, tokenizer = load_encoder(a.aligned_encoder, a.aligned_base, dtype)
-        swap = EncoderSwap(pipe, encoder, tokenizer)
-        print(f"encoder swap verified: max |Δ prompt embedding| = {swap.verify():.4g}")
-        records = generate(pipe, swap, prompts, Path(a.out), a.seed, a.images_per_prompt, a.height, a.width, a.steps,
-                           a.true_cfg_scale, a.negative_prompt, combined=not a.no_combined)
-        print(f"{len(records)} images in {a.out}")
-        if a.score_with:
-            del pipe, swap
-            summary = score_outputs(Path(a.out), records, a.score_with, a.trait, prompt_style=a.score_prompt)
-            print(json.dumps(summary, indent=2))
-    except CogipError as e:
-        print(f"cogip generate: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        pipe = QwenImagePipeline.from_pretrained(a.pipeline, torch_dtype=dtype, **kwargs)
+    except (OSError, ValueError) as e:
+        raise CogipError(f"cannot load the Qwen-Image pipeline {a.pipeline}: {str(e).splitlines()[0]}") from None
+    if not a.device_map:
+        pipe.to(a.device)
+    pipe.set_progress_bar_config(disable=True)
+    encoder, tokenizer = load_encoder(a.aligned_encoder, a.aligned_base, dtype)
+    swap = EncoderSwap(pipe, encoder, tokenizer)
+    print(f"encoder swap verified: max |Δ prompt embedding| = {swap.verify():.4g}")
+    records = generate(pipe, swap, prompts, Path(a.out), a.seed, a.images_per_prompt, a.height, a.width, a.steps,
+                       a.true_cfg_scale, a.negative_prompt, combined=not a.no_combined)
+    print(f"{len(records)} images in {a.out}")
+    if a.score_with:
+        del pipe, swap
+        summary = score_outputs(Path(a.out), records, a.score_with, a.trait, prompt_style=a.score_prompt)
+        print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,14 +5,7 @@
 #   NUM_GPUS (auto; >1 runs data-parallel through accelerate)  DTYPE (bfloat16 on GPU)
 # Extra arguments go last to `python -m cogip.evaluate.bench` and win.
 set -euo pipefail
-EVAL_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$EVAL_DIR")
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
-fi
-if [ -z "${NUM_GPUS:-}" ]; then
-  NUM_GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-fi
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 MODEL_ID=${MODEL_ID:-$DEFAULT_MODEL_ID}
 SAMPLE_N=${SAMPLE_N:-120}
 args=(--model-id "$MODEL_ID" --family "$FAMILY"
@@ -23,7 +16,6 @@ args=(--model-id "$MODEL_ID" --family "$FAMILY"
 [ -n "${BASE_MODEL:-}" ] && args+=(--base-model "$BASE_MODEL")
 (( SAMPLE_N > 0 )) && args+=(--sample-n "$SAMPLE_N")
 args+=("${FAMILY_ARGS[@]}" "$@")
-export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 if (( NUM_GPUS > 1 )); then
   exec "$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_GPUS" -m cogip.evaluate.bench "${args[@]}"
 fi

@@ -6,8 +6,8 @@
 #   SCORE_WITH (a benchmark model: score every image on its trait)  SCORE_PROMPT (full|short: its training prompts)
 # Extra arguments go to every `cogip.generate` call (e.g. --device cpu --no-combined).
 set -euo pipefail
-HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(dirname "$HERE")
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
+HERE=$(cd "$(dirname "$0")" && pwd)
+source "$HERE/../scripts/lib.sh"
 : "${ALIGNED:?set ALIGNED to the fine-tuned Qwen2.5-VL checkpoint or adapter folder}"
 OUT=${OUT:-$ROOT/outputs/qwen-image}
 declare -A TRAIT=([aesthetics]=Aesthetics [funniness]=Funniness [emotion]=Emotional_Valence [memorability]=Memorability)

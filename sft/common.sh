@@ -8,13 +8,7 @@
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 set -euo pipefail
 SFT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(dirname "$SFT_DIR")
-if [ -z "${PYTHON:-}" ]; then
-  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
-fi
-if [ -z "${NUM_GPUS:-}" ]; then
-  NUM_GPUS=$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
-fi
+source "$SFT_DIR/../scripts/lib.sh"
 GLOBAL_BATCH=${GLOBAL_BATCH:-128}
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-4}
 devices=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
@@ -49,7 +43,6 @@ args=(
 
 LAUNCHER=${LAUNCHER:-$( (( NUM_GPUS > 1 )) && { [ -n "$DS_CONFIG" ] && echo deepspeed || echo torchrun; } || echo python)}
 echo "cogip sft: family=$FAMILY gpus=$NUM_GPUS per_device=$PER_DEVICE_BATCH accumulation=$GRAD_ACCUM launcher=$LAUNCHER" >&2
-export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}
 case "$LAUNCHER" in
   deepspeed) exec deepspeed --num_gpus "$NUM_GPUS" --module cogip.train.sft "${args[@]}" ;;
   torchrun)  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" -m cogip.train.sft "${args[@]}" ;;

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from ..data.bench import read_test_messages, write_atomic, write_json
 from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
-from ..errors import CogipError
+from ..errors import CogipError, exit_code
 from ..metrics import compute_metrics
 
 PUBLISHED_SEED = 19
@@ -227,26 +227,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     a = p.parse_args(argv)
-    try:
-        import torch
-        from accelerate import PartialState
-        state = PartialState()
-        dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
-        from .scorer import Scorer
-        scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
-                             max_new_tokens=a.max_new_tokens)
-        if a.min_pixels and scorer.family.name == "qwen":
-            scorer.processor.image_processor.min_pixels = a.min_pixels
-        if a.max_pixels and scorer.family.name == "qwen":
-            scorer.processor.image_processor.max_pixels = a.max_pixels
-        run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
-                      accelerator=state if state.num_processes > 1 else None,
-                      run_info={"model_id": a.model_id, "base_model": a.base_model},
-                      num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0))
-    except CogipError as e:
-        print(f"cogip evaluate: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("cogip evaluate", _evaluate, a)
+
+
+def _evaluate(a) -> None:
+    import torch
+    from accelerate import PartialState
+    state = PartialState()
+    dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
+    from .scorer import Scorer
+    scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
+                         max_new_tokens=a.max_new_tokens)
+    if a.min_pixels and scorer.family.name == "qwen":
+        scorer.processor.image_processor.min_pixels = a.min_pixels
+    if a.max_pixels and scorer.family.name == "qwen":
+        scorer.processor.image_processor.max_pixels = a.max_pixels
+    run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
+                  accelerator=state if state.num_processes > 1 else None,
+                  run_info={"model_id": a.model_id, "base_model": a.base_model},
+                  num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0))
 
 
 if __name__ == "__main__":

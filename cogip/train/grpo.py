@@ -14,7 +14,7 @@ from transformers import HfArgumentParser, set_seed
 from ..data.bench import read_training_json
 from ..data.images import check_images
 from ..dims import SCORE_RANGE
-from ..errors import CogipError
+from ..errors import CogipError, exit_code
 from ..parse import parse_answer
 from .sft import DataArguments, ModelArguments, resolve_family
 
@@ -69,12 +69,7 @@ def run(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except CogipError as e:
-        print(f"cogip grpo: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("cogip grpo", run, argv)
 
 
 if __name__ == "__main__":

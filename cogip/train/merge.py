@@ -10,7 +10,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from ..errors import CogipError
+from ..errors import CogipError, exit_code
 from ..models.families import Family, detect_family, get_family
 
 
@@ -63,12 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--family", choices=("qwen", "llama", "gemma"))
     a = p.parse_args(argv)
-    try:
-        print(f"merged checkpoint written to {merge(a.adapter, a.out, a.base, a.family)}")
-    except CogipError as e:
-        print(f"cogip merge: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("cogip merge", lambda: print(f"merged checkpoint written to {merge(a.adapter, a.out, a.base, a.family)}"))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..errors import CogipError
+from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import use_varlen_vision_attention
 from ..models.families import Family, detect_family, get_family
@@ -128,12 +128,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        run(argv)
-    except CogipError as e:
-        print(f"cogip sft: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code("cogip sft", run, argv)
 
 
 if __name__ == "__main__":

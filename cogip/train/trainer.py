@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from ..loss import NumberTokens, SoftLabelLoss
+from ..loss import SoftLabelLoss
 from ..models.families import Family
 
 MODEL_INPUTS_DROP = ("labels",)

@@ -2,9 +2,7 @@
 # GRPO ablation on the GRPO JSON (trl GRPOTrainer), reward 1 - |pred - gt| / range, -0.5 if unparseable.
 # Env: MODEL_ID DATA_PATH IMAGE_FOLDER OUTPUT_DIR NUM_GPUS LR NUM_GENERATIONS; extra args pass through.
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
-NUM_GPUS=${NUM_GPUS:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)}
+source "$(dirname "$0")/../../scripts/lib.sh"
 args=(--model_id "${MODEL_ID:-Qwen/Qwen2.5-VL-7B-Instruct}" --family qwen
       --data_path "${DATA_PATH:-$ROOT/data/training_grpo.json}"
       --image_folder "${IMAGE_FOLDER:-$ROOT/data/cognition/cognition_images}"

@@ -2,6 +2,5 @@
 # Merge a LoRA output folder (adapter + trained vision/projector weights) into a full checkpoint.
 #   bash sft/qwen/merge_lora.sh ADAPTER_DIR OUT_DIR [--base BASE_MODEL]
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3)}
+NUM_GPUS=0 source "$(dirname "$0")/../../scripts/lib.sh"
 exec "$PYTHON" -m cogip.train.merge --family qwen --adapter "$1" --out "$2" "${@:3}"
