@@ -18,7 +18,7 @@ loss() { python3 benchmarks/loss_bench.py --out "$OUT/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-128}" && cp /tmp/evalbench/eval_bench.json "$OUT/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
 breakdown() { python3 benchmarks/eval_breakdown.py; }
-train() { python3 benchmarks/train_bench.py --out /tmp/trainbench && cp /tmp/trainbench/train_bench.json "$OUT/"; }
+train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$OUT/"; }
 
 for s in ${SECTIONS:-loss eval multigpu}; do
   case $s in

@@ -53,32 +53,46 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--variants", nargs="+", default=["published", "ours-loss", "ours"])
+    p.add_argument("--family", default="qwen", choices=("qwen", "llama", "gemma"))
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
-    fam = FAMILIES["qwen"]
-    tiny = build_tiny("qwen", out / "tiny_qwen")
+    fam = FAMILIES[a.family]
+    tiny = build_tiny(a.family, out / f"tiny_{a.family}")
     processor = fam.load_processor(tiny)
-    h, w = (896, 1120) if cuda else (84, 84)                  # 64x80 patches = 1280 merged visual tokens
-    processor.image_processor.min_pixels = processor.image_processor.max_pixels = h * w
+    if a.family == "qwen":
+        h, w = (896, 1120) if cuda else (84, 84)              # 64x80 patches = 1280 merged visual tokens
+        processor.image_processor.min_pixels = processor.image_processor.max_pixels = h * w
+    elif cuda and a.family == "llama":                        # 4 tiles of 560 px, as the issue measured
+        h, w = 1120, 1120
+        processor.image_processor.size = {"height": 560, "width": 560}
+        processor.image_processor.max_image_tiles = 4
+    elif cuda:                                                # Gemma 3: 896 px, 256 image tokens
+        from transformers import Gemma3Processor
+        h, w = 896, 896
+        processor.image_processor.size = {"height": 896, "width": 896}
+        processor = Gemma3Processor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                                    chat_template=processor.chat_template, image_seq_length=256)
+    else:
+        h, w = 56, 56
     batch = SFTCollator(fam, processor)(batch_rows(out, 4, h, w))
     device = "cuda" if cuda else "cpu"
     batch = {k: v.to(device) for k, v in batch.items()}
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "batch": 4, "tokens_per_sample": int(batch["input_ids"].shape[1]),
-               "visual_tokens": int((batch["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())}
+               "family": a.family}
     for variant in a.variants:
         torch.manual_seed(0)
         if cuda:
-            from cogip.models.configs import qwen2_5_vl_7b
+            from cogip.models.configs import REAL
             with torch.device("cuda"):
-                model = fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16)
+                model = fam.model_cls()._from_config(REAL[a.family](processor.tokenizer), dtype=torch.bfloat16)
             torch.cuda.reset_peak_memory_stats()
         else:
             model = fam.load_model(tiny)
-        if variant == "ours":
-            use_varlen_vision_attention(model)
+        if variant == "ours" and not use_varlen_vision_attention(model) and a.family == "qwen":
+            raise RuntimeError("varlen vision attention did not switch on")
         model.config.use_cache = False
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -119,7 +133,7 @@ def main():
         if cuda:
             torch.cuda.empty_cache()
     print(json.dumps(results, indent=2))
-    (out / "train_bench.json").write_text(json.dumps(results, indent=2))
+    (out / f"train_bench_{a.family}.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script,report", [("loss_bench.py", "loss.json"), ("eval_bench.py", "eval_bench.json"),
-                                           ("train_bench.py", "train_bench.json")])
+                                           ("train_bench.py", "train_bench_qwen.json")])
 def test_benchmark_smoke(tmp_path, script, report):
     args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
