@@ -65,9 +65,11 @@ def main():
         h, w = (896, 1120) if cuda else (84, 84)              # 64x80 patches = 1280 merged visual tokens
         processor.image_processor.min_pixels = processor.image_processor.max_pixels = h * w
     elif cuda and a.family == "llama":                        # 4 tiles of 560 px, as the issue measured
+        from transformers import MllamaImageProcessorPil, MllamaProcessor
         h, w = 1120, 1120
-        processor.image_processor.size = {"height": 560, "width": 560}
-        processor.image_processor.max_image_tiles = 4
+        processor = MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 560, "width": 560},
+                                                                           max_image_tiles=4),
+                                    tokenizer=processor.tokenizer, chat_template=processor.chat_template)
     elif cuda:                                                # Gemma 3: 896 px, 256 image tokens
         from transformers import Gemma3Processor
         h, w = 896, 896
