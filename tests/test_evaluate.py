@@ -83,6 +83,20 @@ def test_published_messages_with_synthetic_images(trained, published, published_
     assert rec["image"] == f"Funniness/{800 + indices[0]:06d}.jpg" and "Funniness" in rec["prompt"]
 
 
+def test_lora_adapter_is_scored_with_its_base(tiny_models, synth_bench, tmp_path):
+    adapter = tmp_path / "adapter"
+    train(["--model_id", str(tiny_models["qwen"]), "--data_path", str(synth_bench / "cognition_training.json"),
+           "--image_folder", str(synth_bench / "cognition/cognition_images"), "--output_dir", str(adapter),
+           "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--report_to", "none",
+           "--use_cpu", "True"])
+    run = cog_test("qwen", adapter, synth_bench, tmp_path / "out", BASE_MODEL=tiny_models["qwen"], SAMPLE_N=3)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert all(m["n"] == 3 for m in summary.values())
+    info = json.loads((tmp_path / "out" / "Aesthetics" / "run.json").read_text())
+    assert info["model_id"] == str(adapter) and info["base_model"] == str(tiny_models["qwen"])
+
+
 def test_sampling_is_reproducible_and_independent():
     a = sample_indices(700, 120, 19, "Memorability")
     assert a == sample_indices(700, 120, 19, "Memorability") and len(set(a)) == 120 and a == sorted(a)

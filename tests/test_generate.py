@@ -153,3 +153,19 @@ def test_run_batch_end_to_end_with_scoring(setup, tmp_path):
     run = subprocess.run(["bash", ROOT / "qwen-image/run_batch.sh", "--device", "cpu"], env=env, capture_output=True,
                          text=True)
     assert run.returncode == 2 and "no prompts" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_adapter_as_aligned_encoder(tiny_models, synth_bench, tmp_path):
+    from cogip.models.families import FAMILIES
+    adapter = tmp_path / "adapter"
+    train(["--model_id", str(tiny_models["qwen"]), "--data_path", str(synth_bench / "cognition_training.json"),
+           "--image_folder", str(synth_bench / "cognition/cognition_images"), "--output_dir", str(adapter),
+           "--max_steps", "2", "--per_device_train_batch_size", "4", "--learning_rate", "5e-2",
+           "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True"])
+    (adapter / "tokenizer_config.json").unlink()            # the tokenizer then comes from the recorded base
+    encoder, tok = load_encoder(str(adapter), dtype=torch.float32)
+    assert not hasattr(encoder, "peft_config")              # merged into a plain model
+    base = FAMILIES["qwen"].load_model(tiny_models["qwen"])
+    assert any(not torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), base.state_dict().values()))
+    assert tok("a red apple")["input_ids"] == FAMILIES["qwen"].load_processor(tiny_models["qwen"]).tokenizer(
+        "a red apple")["input_ids"]
