@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--families", nargs="+", default=["qwen"], choices=("qwen", "llama", "gemma"))
     p.add_argument("--n", type=int, default=400, help="synthetic items per dimension")
     p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--gen-steps", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="a short run (CI): few items and steps")
     p.add_argument("--ablation", action="store_true", help="soft labels vs plain CE over --seeds")
