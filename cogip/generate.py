@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data.bench import load_json, write_json
+from .data.bench import append_jsonl, load_json, write_json
 from .errors import CogipError, exit_code
 from .models.families import get_family
 
@@ -150,9 +150,8 @@ def generate(pipe, swap: EncoderSwap, prompts: list[tuple[str, str]], out: Path,
                          width=width, num_inference_steps=steps, generator=generator).images[0]
             file = f"{encoder}/{name}_{k}.png"
             _save_atomic(image, out / file)
-            with open(manifest_path, "a") as f:
-                f.write(json.dumps({"name": name, "prompt": prompt, "seed": seed + k, "encoder": encoder,
-                                    "file": file}) + "\n")
+            append_jsonl(manifest_path, [{"name": name, "prompt": prompt, "seed": seed + k, "encoder": encoder,
+                                          "file": file}])
     if combined:
         from PIL import Image
         (out / "combined").mkdir(exist_ok=True)

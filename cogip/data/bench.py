@@ -93,6 +93,24 @@ def write_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def append_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
+    """Append records as JSON lines, flushed to disk. A kill mid-write leaves a partial last line:
+    start a new line first so it never swallows a record (readers skip the broken line)."""
+    path = Path(path)
+    cut = False
+    if path.is_file() and path.stat().st_size > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if cut:
+            f.write("\n")
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.bench import read_test_messages, write_atomic, write_json
+from ..data.bench import append_jsonl, read_test_messages, write_atomic, write_json
 from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError, exit_code
@@ -51,18 +51,6 @@ def read_records(folder: Path) -> dict[int, dict]:
                 continue
             done[rec["index"]] = rec
     return done
-
-
-def _append(path: Path, records: list[dict]) -> None:
-    # a kill mid-write leaves a partial last line: start a new line so it never swallows a record
-    cut = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-    with open(path, "a", encoding="utf-8") as f:
-        if cut:
-            f.write("\n")
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def scatter_plot(path: Path, dim_name: str, records: list[dict], metrics: dict) -> None:
@@ -168,7 +156,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                              prefetch_factor=2 if num_workers else None)
         for chunk, batch in loader:
             answers = scorer.answer_prepared(batch, dim, mode)
-            _append(shard, [{"index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
+            append_jsonl(shard, [{"index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
                              "label": a.label, "score": a.score, "ok": a.ok, "error": a.error,
                              "spread": a.spread, "label_probs": a.label_probs, "reference": items[i].score,
                              "reference_label": items[i].label} for i, a in zip(chunk, answers)])
