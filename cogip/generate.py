@@ -53,11 +53,10 @@ def load_encoder(encoder: str, base: str | None = None, dtype=torch.bfloat16):
     """(text encoder, tokenizer) from a full SFT checkpoint or an adapter folder (+ base)."""
     fam = get_family("qwen")
     if os.path.isfile(os.path.join(encoder, "adapter_config.json")):
-        from .train.merge import adapter_base, load_adapted
+        from .train.merge import load_adapted, processor_source
         model, _ = load_adapted(encoder, base, fam, dtype=dtype)
         model = model.merge_and_unload()
-        tok_src = encoder if os.path.isfile(os.path.join(encoder, "tokenizer_config.json")) else \
-            (base or adapter_base(encoder))
+        tok_src = processor_source(encoder, base)
     else:
         model, tok_src = fam.load_model(encoder, dtype=dtype), encoder
     return model.eval(), fam.load_processor(tok_src).tokenizer

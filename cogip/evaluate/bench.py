@@ -225,11 +225,7 @@ def _evaluate(a) -> None:
     dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
     from .scorer import Scorer
     scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
-                         max_new_tokens=a.max_new_tokens)
-    if a.min_pixels and scorer.family.name == "qwen":
-        scorer.processor.image_processor.min_pixels = a.min_pixels
-    if a.max_pixels and scorer.family.name == "qwen":
-        scorer.processor.image_processor.max_pixels = a.max_pixels
+                         max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels)
     run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                   accelerator=state if state.num_processes > 1 else None,
                   run_info={"model_id": a.model_id, "base_model": a.base_model},

@@ -50,21 +50,22 @@ class Scorer:
 
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
-             device: str | None = None, max_new_tokens: int = 24) -> "Scorer":
+             device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
+             max_pixels: int | None = None) -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
-        from ..train.merge import load_adapted
+        from ..train.merge import load_adapted, processor_source
         is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
         if is_adapter:
             model, fam = load_adapted(model_id, base_model, get_family(family) if family else None, dtype=dtype)
-            processor_src = model_id if os.path.isfile(os.path.join(model_id, "tokenizer_config.json")) else \
-                (base_model or model.peft_config["default"].base_model_name_or_path)
+            processor_src = processor_source(model_id, base_model)
         else:
             fam = get_family(family) if family else (detect_family(model_id) if os.path.isdir(model_id)
                                                      else get_family(model_id))
             model, processor_src = fam.load_model(model_id, dtype=dtype), model_id
         if device:
             model = model.to(device)
-        return cls(model, fam.load_processor(processor_src), fam, max_new_tokens)
+        return cls(model, fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels)), fam,
+                   max_new_tokens)
 
     # ------------------------------------------------------------------ generation
     def prepare(self, images: list, prompts: list[str]) -> dict:

@@ -7,7 +7,7 @@ talks to a model only through a `Family`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CogipError
@@ -23,7 +23,6 @@ class Family:
     projector_prefixes: tuple[str, ...] # … of the vision→language projector / merger
     language_prefix: str                # … of the language model (LoRA goes only here)
     images_nested: bool                 # processor wants one list of images per sample
-    processor_kwargs: dict = field(default_factory=dict)
 
     # LoRA on the language model's linear layers only: the vision blocks of Qwen also have
     # gate/up/down_proj, and lm_head / embed_tokens stay out as in the published recipe.
@@ -43,11 +42,16 @@ class Family:
         except OSError as e:
             raise CogipError(f"cannot load a {self.name} model from {path}: {str(e).splitlines()[0]}") from None
 
+    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
+        """Qwen's image-size bounds as processor kwargs; the other families use fixed tiles: {}."""
+        if self.name != "qwen":
+            return {}
+        return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+
     def load_processor(self, path: str | os.PathLike, **overrides):
         from transformers import AutoProcessor
-        kwargs = {**self.processor_kwargs, **overrides}
         try:
-            return AutoProcessor.from_pretrained(str(path), **kwargs)
+            return AutoProcessor.from_pretrained(str(path), **overrides)
         except OSError as e:
             raise CogipError(f"cannot load a {self.name} processor from {path}: {str(e).splitlines()[0]}") from None
 

@@ -21,6 +21,13 @@ def adapter_base(adapter: str | Path) -> str:
     return json.loads(cfg.read_text())["base_model_name_or_path"]
 
 
+def processor_source(adapter: str | Path, base: str | None = None) -> str:
+    """An adapter folder holds its processor when training saved one there; otherwise its base does."""
+    if (Path(adapter) / "tokenizer_config.json").is_file():
+        return str(adapter)
+    return base or adapter_base(adapter)
+
+
 def load_adapted(adapter: str | Path, base: str | None = None, family: Family | None = None, dtype="auto"):
     """Base model + adapter as a PeftModel; fails loudly when the adapter's keys do not fit the base."""
     from peft import PeftModel
@@ -51,8 +58,7 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, family:
     merged = model.merge_and_unload()
     out = Path(out)
     merged.save_pretrained(out)
-    fam.load_processor(adapter if (Path(adapter) / "tokenizer_config.json").is_file() else
-                       (base or adapter_base(adapter))).save_pretrained(out)
+    fam.load_processor(processor_source(adapter, base)).save_pretrained(out)
     return out
 
 

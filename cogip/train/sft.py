@@ -83,11 +83,7 @@ def prepare_trainable(model, family: Family, margs: ModelArguments):
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
-    pixels = {k: v for k, v in (("min_pixels", margs.min_pixels), ("max_pixels", margs.max_pixels)) if v}
-    if pixels and family.name == "qwen":
-        processor = family.load_processor(margs.model_id, **pixels)
-    else:
-        processor = family.load_processor(margs.model_id)
+    processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
