@@ -33,12 +33,13 @@ def trained(tiny_models, synth_bench, tmp_path_factory):
     return out
 
 
-def cog_test(family, model, bench, out, **env):
+def cog_test(family, model, bench, out, *args, **env):
     e = dict(os.environ, MODEL_ID=str(model), TEST_DIR=str(bench / "test_msg_file"),
              IMAGE_ROOT=str(bench / "cognition/cognition_images"), OUT=str(out), NUM_GPUS="0", SAMPLE_N="0",
              MIN_PIXELS="7056", MAX_PIXELS="7056", BATCH_SIZE="4")
     e.update({k: str(v) for k, v in env.items()})
-    return subprocess.run(["bash", ROOT / "evaluation" / family / "cog_test.sh"], env=e, capture_output=True, text=True)
+    return subprocess.run(["bash", ROOT / "evaluation" / family / "cog_test.sh", *args], env=e, capture_output=True,
+                          text=True)
 
 
 @pytest.mark.parametrize("family", ["qwen", "llama", "gemma"])
@@ -58,6 +59,8 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
             assert len(records) == 8 and m["n_parsed"] == sum(r["ok"] for r in records.values())
             scores[mode, dim] = {i: r["score"] for i, r in records.items() if r["ok"]}
         assert (tmp_path / mode / "summary.png").is_file()
+        timing = json.loads((tmp_path / mode / "timing.json").read_text())
+        assert timing["items"] == 32 and timing["images_per_s"] > 0 and timing["mode"] == mode
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]
@@ -65,6 +68,16 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
             gap = sum(abs(g[i] - e[i]) for i in g) / len(g) / get_dimension(dim).span
             agreement = spearmanr([g[i] for i in g], [e[i] for i in g])[0]
             assert gap < 0.1 and agreement > 0.7, (dim, gap, agreement)
+
+
+def test_compiled_vision_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
+    runs = {}
+    for name, args in (("eager", ()), ("compiled", ("--compile",))):
+        run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / name, "--dims", "Funniness", *args)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs[name] = read_records(tmp_path / name / "Funniness")
+    assert len(runs["eager"]) == 8
+    assert [r["answer"] for r in runs["compiled"].values()] == [r["answer"] for r in runs["eager"].values()]
 
 
 def test_published_messages_with_synthetic_images(trained, published, published_images, tmp_path):

@@ -131,3 +131,33 @@ def test_adapter_for_another_base_fails_loudly(tiny_models, synth_bench, tmp_pat
     run(_args(tiny_models["qwen"], synth_bench, tmp_path / "a", "--max_steps", "1"))
     with pytest.raises(CogipError, match="does not fit base model"):
         load_adapted(tmp_path / "a", base=str(tiny_models["gemma"]))
+
+
+class BlockProbe(TrainerCallback):
+    """Records, at the first step, which repeated blocks recompute."""
+
+    def __init__(self):
+        self.seen = None
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        from cogip.models.blocks import repeated_blocks
+        if self.seen is None:
+            self.seen = {}
+            for _, block, part in repeated_blocks(model, FAMILIES["llama"]):
+                on = block.gradient_checkpointing if hasattr(block, "_gradient_checkpointing_func") \
+                    else getattr(block, "_cogip_checkpoint", False)
+                self.seen.setdefault(part, set()).add(bool(on))
+
+
+def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_path):
+    probe = BlockProbe()
+    run(_args(tiny_models["llama"], synth_bench, tmp_path / "parts", "--gradient_checkpointing", "True",
+              "--checkpoint_parts", "vision", "--max_steps", "4"), callbacks=[probe])
+    assert probe.seen == {"language": {False}, "vision": {True}}   # Mllama's vision layers included
+    info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())
+    assert info["model"]["checkpoint_parts"] == "vision"
+    speed = info["throughput"]
+    assert speed["steps_timed"] == 2 and speed["samples_per_s"] == pytest.approx(
+        speed["samples_per_step"] / speed["median_step_s"], rel=1e-2)
+    with pytest.raises(CogipError, match="checkpointing parts"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))

@@ -7,7 +7,8 @@ Per dimension, into OUT/<Dim>/:
   log.txt          prompt and answer of every item, readable
   metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
   scatter.png      predicted vs human
-and OUT/summary.json, OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
+and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
+all ranks together), OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
 items; a killed run loses no finished item and ends with the same metrics as an uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
@@ -20,6 +21,7 @@ import json
 import os
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -91,19 +93,20 @@ def summary_plot(path: Path, summary: dict) -> None:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """One element = one prepared batch (images decoded, processed, padded): what loader workers do
-    while the GPU generates the previous batch."""
+    """One element = one prepared batch (images decoded, processed, padded) of one dimension: what
+    loader workers do while the GPU answers the previous batch."""
 
-    def __init__(self, scorer, chunks, items, image_root: Path, name: str):
-        self.prepare, self.chunks, self.items, self.root, self.name = scorer.prepare, chunks, items, image_root, name
+    def __init__(self, scorer, chunks: list[tuple[str, list[int]]], plan: dict, image_root: Path):
+        self.prepare, self.chunks, self.plan, self.root = scorer.prepare, chunks, plan, image_root
 
     def __len__(self):
         return len(self.chunks)
 
     def __getitem__(self, j):
-        chunk = self.chunks[j]
-        images = [open_image(self.root / self.items[i].image, f"{self.name} item {i}") for i in chunk]
-        return chunk, self.prepare(images, [self.items[i].prompt for i in chunk])
+        name, chunk = self.chunks[j]
+        items = self.plan[name][0]
+        images = [open_image(self.root / items[i].image, f"{name} item {i}") for i in chunk]
+        return name, chunk, self.prepare(images, [items[i].prompt for i in chunk])
 
 
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
@@ -132,7 +135,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     info = {"mode": mode, "seed": seed, "sample_n": sample_n, **(run_info or {})}
-    summary = {}
+    todo = {}
     for name, (items, indices) in plan.items():
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -143,29 +146,40 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         if is_main:
             write_json(run_file, {**info, "indices": indices})
             write_json(folder / "sample.json", indices)
-        if accelerator:
-            accelerator.wait_for_everyone()
-        done = read_records(folder)
-        todo = [i for i in indices if i not in done][rank::world]
-        shard = folder / (f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl")
-        dim = get_dimension(name)
-        bar = tqdm(total=len(todo), desc=f"{name} ({mode})", disable=not is_main and world > 1)
-        chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-        loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, items, image_root, name), batch_size=None,
-                                             num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                             prefetch_factor=2 if num_workers else None)
-        for chunk, batch in loader:
-            answers = scorer.answer_prepared(batch, dim, mode)
-            append_jsonl(shard, [{"index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
-                             "label": a.label, "score": a.score, "ok": a.ok, "error": a.error,
-                             "spread": a.spread, "label_probs": a.label_probs, "reference": items[i].score,
-                             "reference_label": items[i].label} for i, a in zip(chunk, answers)])
-            bar.update(len(chunk))
-        bar.close()
-        if accelerator:
-            accelerator.wait_for_everyone()
-        if not is_main:
-            continue
+        finished = read_records(folder)
+        todo[name] = [i for i in indices if i not in finished]
+    if accelerator:
+        accelerator.wait_for_everyone()
+
+    # one loader over every dimension's batches: its workers start once and stay ahead across dimensions
+    chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
+              for s in range(0, len(mine), batch_size)]
+    bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
+    shard = "records.rank{}.jsonl".format(rank) if world > 1 else "records.jsonl"
+    started = time.perf_counter()
+    loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                         prefetch_factor=2 if num_workers else None)
+    for name, chunk, batch in loader:
+        items = plan[name][0]
+        answers = scorer.answer_prepared(batch, get_dimension(name), mode)
+        append_jsonl(out / name / shard, [{
+            "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
+            "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
+            "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+        bar.update(len(chunk))
+    bar.close()
+    if accelerator:
+        accelerator.wait_for_everyone()
+    if not is_main:
+        return {}
+    seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
+    write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
+                                     "batch_size": batch_size, "mode": mode,
+                                     "images_per_s": round(n_run / seconds, 3) if n_run else None})
+    summary = {}
+    for name, (items, indices) in plan.items():
+        folder, dim = out / name, get_dimension(name)
         done = read_records(folder)
         records = [done[i] for i in indices]
         metrics = compute_metrics([r["score"] for r in records], [r["reference"] for r in records], dim,
@@ -213,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
+    p.add_argument("--compile", action="store_true", help="torch.compile the vision blocks (GPU; first batch compiles)")
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     a = p.parse_args(argv)
     return exit_code("cogip evaluate", _evaluate, a)
@@ -225,7 +240,8 @@ def _evaluate(a) -> None:
     dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
     from .scorer import Scorer
     scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
-                         max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels)
+                         max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                         compile_vision=a.compile)
     run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                   accelerator=state if state.num_processes > 1 else None,
                   run_info={"model_id": a.model_id, "base_model": a.base_model},

@@ -23,7 +23,8 @@ import torch
 from ..dims import Dimension, get_dimension
 from ..errors import CogipError
 from ..loss import NumberTokens
-from ..models.attention import use_varlen_vision_attention
+from ..models.attention import use_fast_vision_attention
+from ..models.blocks import compile_blocks
 from ..models.families import Family, detect_family, get_family
 from ..parse import parse_answer
 
@@ -40,10 +41,12 @@ class Answer:
 
 
 class Scorer:
-    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24):
+    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile_vision: bool = False):
         self.model, self.processor, self.family = model.eval(), processor, family
         self.tokenizer = processor.tokenizer
-        use_varlen_vision_attention(model)   # batched window attention instead of a per-window loop
+        use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
+        if compile_vision:   # fuses the vision blocks' elementwise work (docs/benchmarks.md)
+            compile_blocks(model, family, "vision")
         self.max_new_tokens = max_new_tokens
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
@@ -51,7 +54,7 @@ class Scorer:
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-             max_pixels: int | None = None) -> "Scorer":
+             max_pixels: int | None = None, compile_vision: bool = False) -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
         from ..train.merge import load_adapted, processor_source
         is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
@@ -65,7 +68,7 @@ class Scorer:
         if device:
             model = model.to(device)
         return cls(model, fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels)), fam,
-                   max_new_tokens)
+                   max_new_tokens, compile_vision)
 
     # ------------------------------------------------------------------ generation
     def prepare(self, images: list, prompts: list[str]) -> dict:

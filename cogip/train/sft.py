@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
-from ..models.attention import use_varlen_vision_attention
+from ..models.attention import use_fast_vision_attention
+from ..models.blocks import parse_parts, set_checkpointing
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -39,6 +42,9 @@ class ModelArguments:
     merger_lr: float = 1e-5
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels lower bound"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels upper bound"})
+    checkpoint_parts: str = field(default="all", metadata={
+        "help": "with --gradient_checkpointing: all | none | language | vision (where recomputation is worth "
+                "the memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
 
 
 @dataclass
@@ -62,8 +68,12 @@ def resolve_family(model_id: str, family: str | None) -> Family:
     return detect_family(model_id) if Path(model_id).is_dir() else get_family(model_id)
 
 
-def prepare_trainable(model, family: Family, margs: ModelArguments):
-    """Freeze what the recipe freezes; wrap with LoRA in lora mode. Returns the model to train."""
+def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapters: bool = True):
+    """Freeze what the recipe freezes; wrap with LoRA in lora mode. Returns the model to train.
+
+    fp32_adapters: PEFT's default (LoRA weights in float32 under a bf16 model, for autocast). Off under
+    DeepSpeed, which keeps float32 master copies of every trained parameter itself and whose ZeRO-3
+    needs them all in one dtype; bf16 LoRA also keeps float32 matmuls and casts out of every layer."""
     if margs.tune_mode == "full":
         for name, p in model.named_parameters():
             p.requires_grad = margs.train_vision or family.param_group(name) != "vision"
@@ -77,19 +87,76 @@ def prepare_trainable(model, family: Family, margs: ModelArguments):
                         target_modules=family.lora_target_modules, bias="none",
                         # non-LoRA trained parts live in the adapter too, so it saves, resumes and merges whole
                         modules_to_save=sorted({p.split(".")[-1] for p in outermost}))
-    return get_peft_model(model, config)
+    return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
+
+
+class CheckpointParts(TrainerCallback):
+    """Restricts gradient checkpointing to some parts once the Trainer has switched it on everywhere."""
+
+    def __init__(self, family: Family, parts: str):
+        self.family, self.parts = family, parts
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if args.activation_checkpointing and model is not None:
+            set_checkpointing(model, self.family, self.parts, args.activation_checkpointing_kwargs)
+
+
+class StepTimes(TrainerCallback):
+    """Wall time of every optimizer step (device synchronised), for throughput in cogip_train.json."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+        self._t = None
+
+    def _now(self):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._t is None:
+            self._t = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t = self._now()
+        self.seconds.append(t - self._t)
+        self._t = t
+
+    def summary(self, samples_per_step: int, warmup: int = 2) -> dict:
+        steady = self.seconds[warmup:] or self.seconds
+        if not steady:
+            return {}
+        med = statistics.median(steady)
+        return {"median_step_s": round(med, 4), "samples_per_s": round(samples_per_step / med, 3),
+                "steps_timed": len(steady), "samples_per_step": samples_per_step}
+
+
+def apply_liger(model, config: dict | None = None) -> None:
+    """Liger's fused Triton kernels (RMSNorm, LayerNorm, SwiGLU/GeGLU, RoPE) on a loaded model, before
+    PEFT wraps it (PEFT's trained copies of the vision tower then inherit them). The soft-label loss
+    needs logits, so Liger's fused linear cross-entropy stays off."""
+    import importlib.util
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise CogipError("Liger kernels asked for (--use_liger_kernel True) but liger-kernel is not installed: "
+                         "pip install -e '.[gpu]', or LIGER=False")
+    from transformers.integrations.liger import apply_liger_kernel
+    apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False, **(config or {})})
 
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
+    parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
-    use_varlen_vision_attention(model)   # 2.8x faster 7B steps on an H100 (docs/benchmarks.md)
+    use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
+    if targs.use_liger_kernel:
+        apply_liger(model, targs.liger_kernel_config)
+        targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
-    model = prepare_trainable(model, family, margs)
+    model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
@@ -98,7 +165,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     targs.remove_unused_columns = False   # the collator needs the raw columns
     return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
                         processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
-                        merger_lr=margs.merger_lr, callbacks=callbacks)
+                        merger_lr=margs.merger_lr,
+                        callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
@@ -107,17 +175,22 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
-    trainer = build_trainer(margs, dargs, largs, targs, callbacks)
+    timer = StepTimes()
+    trainer = build_trainer(margs, dargs, largs, targs, [timer, *(callbacks or [])])
     result = trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
+    speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     print(f"cogip sft: rank {args.process_index}/{args.world_size} on {args.device}: "
-          f"{trainer.state.global_step} steps, train loss {result.training_loss:.4f}", flush=True)
+          f"{trainer.state.global_step} steps, train loss {result.training_loss:.4f}"
+          + (f", median step {speed['median_step_s']:.3f} s = {speed['samples_per_s']:.2f} samples/s" if speed else ""),
+          flush=True)
     if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
         return trainer   # stopped early by a callback: keep the checkpoints, write no final result
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
-                "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step}
+                "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
+                "throughput": speed}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
         Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return trainer

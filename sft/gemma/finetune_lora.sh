@@ -6,5 +6,9 @@ DEFAULT_MODEL_ID=google/gemma-3-12b-it
 DEFAULT_LR=1e-5
 DEFAULT_ADAM_BETA2=0.95
 DEFAULT_SOFT_ETA=0.15
+# Measured fastest at batch 4 (docs/benchmarks.md): no recomputation (62.6 GiB peak on one 80 GB card at
+# 896 px) and Liger's fused kernels. CHECKPOINT_PARTS=all for smaller cards.
+DEFAULT_CHECKPOINT_PARTS=none
+DEFAULT_LIGER=True
 FAMILY_ARGS=()
 source "$(dirname "$0")/../common.sh"

@@ -1,0 +1,94 @@
+"""The repeated blocks of a model by part (language, vision), and what is done to them by part:
+gradient checkpointing (recompute only where memory needs it) and `torch.compile`.
+
+Transformers checkpoints every `GradientCheckpointingLayer` or none. Recomputing costs a forward pass
+of the part, so a part whose activations fit is faster left alone; and a block transformers cannot
+checkpoint at all (Mllama's vision encoder layers, whose activations dominate Llama-3.2-Vision
+training memory) gets wrapped here with `torch.utils.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import CogipError
+from .families import Family
+
+PARTS = ("language", "vision")
+UNCHECKPOINTABLE_BLOCKS = ("MllamaVisionEncoderLayer",)   # repeated blocks transformers never checkpoints
+
+
+def parse_parts(spec: str | Iterable[str]) -> set[str]:
+    """'all' | 'none' | comma-separated subset of PARTS."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    if items in (["all"], []):
+        return set(PARTS) if items else set()
+    if items == ["none"]:
+        return set()
+    unknown = [s for s in items if s not in PARTS]
+    if unknown:
+        raise CogipError(f"checkpointing parts must be all, none or a subset of {', '.join(PARTS)}; got {unknown[0]!r}")
+    return set(items)
+
+
+def repeated_blocks(model, family: Family):
+    """(name, block, part) for every repeated transformer block, PEFT's unused originals left out."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    for name, module in model.named_modules():
+        if ".original_module" in name:
+            continue
+        if isinstance(module, GradientCheckpointingLayer) or type(module).__name__ in UNCHECKPOINTABLE_BLOCKS:
+            part = family.param_group(name + ".")
+            yield name, module, "vision" if part == "projector" else part
+
+
+def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision") -> int:
+    """`torch.compile` each repeated block of `parts` (fuses their elementwise work: norms, rotary
+    embeddings, activations); returns how many. Compilation happens on the first forward."""
+    wanted = parse_parts(parts)
+    n = 0
+    for _, block, part in repeated_blocks(model, family):
+        if part in wanted:
+            block.compile()
+            n += 1
+    return n
+
+
+def _wrap(module: torch.nn.Module, kwargs: dict) -> None:
+    if getattr(module, "_cogip_forward", None) is not None:
+        return
+    forward = module.forward
+    module._cogip_forward = forward
+
+    def checkpointed(*args, **kw):
+        if getattr(module, "_cogip_checkpoint", False) and module.training and torch.is_grad_enabled():
+            return checkpoint(forward, *args, **{"use_reentrant": False, **kwargs}, **kw)
+        return forward(*args, **kw)
+
+    module.forward = checkpointed
+
+
+def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs: dict | None = None) -> dict[str, int]:
+    """Checkpoint the repeated blocks of `parts` only; returns {part: blocks checkpointed}.
+
+    Call after `gradient_checkpointing_enable` (which the Trainer calls at the start of `train`) and
+    after PEFT wrapping (so trained copies of the vision tower are the ones wrapped)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+    wanted = parse_parts(parts)
+    kwargs = dict(kwargs or {})
+    kwargs.pop("use_reentrant", None)
+    counts = {p: 0 for p in PARTS}
+    for _, block, part in repeated_blocks(model, family):
+        on = part in wanted
+        if isinstance(block, GradientCheckpointingLayer):
+            if on and not hasattr(block, "_gradient_checkpointing_func"):
+                raise CogipError("enable gradient checkpointing on the model before choosing its parts")
+            block.gradient_checkpointing = on
+        else:
+            _wrap(block, kwargs)
+            block._cogip_checkpoint = on
+        counts[part] += on
+    return counts

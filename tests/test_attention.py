@@ -1,0 +1,74 @@
+"""Grouped varlen SDPA for Qwen's windowed vision attention gives the logits of transformers' own
+per-window loop, on equal windows (plain views) and on mixed window lengths (grouped gather)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cogip.models import attention
+from cogip.models.families import FAMILIES
+
+
+def test_plan_views_for_equal_windows_groups_otherwise():
+    assert attention._plan(torch.tensor([0, 16, 32, 48])) == 16
+    plan = attention._plan(torch.tensor([0, 16, 20, 36]))
+    assert sorted(n for _, n in plan) == [4, 16]
+    idx16 = next(idx for idx, n in plan if n == 16)
+    assert idx16.tolist() == [list(range(0, 16)), list(range(20, 36))]
+
+
+@pytest.mark.parametrize("sizes", [[(112, 112), (112, 112)],      # 4 windows of 16 patches per image: views
+                                   [(112, 112), (84, 140)]])      # edge windows of other lengths: grouped
+def test_varlen_matches_per_window_loop(tiny_models, sizes):
+    fam = FAMILIES["qwen"]
+    proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=140 * 140)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    proc.tokenizer.padding_side = "left"
+    batch = proc(text=[fam.chat_prompt(proc, "How beautiful?")] * 2, images=images, return_tensors="pt", padding=True)
+    reference = fam.load_model(tiny_models["qwen"], dtype=torch.float32).eval()
+    reference.config.vision_config._attn_implementation = "sdpa"     # transformers' loop, one call per window
+    model = fam.load_model(tiny_models["qwen"], dtype=torch.float32).eval()
+    assert attention.use_fast_vision_attention(model)
+    lengths = []
+    original = attention._plan
+    attention._plan = lambda cu: lengths.append((cu[1:] - cu[:-1]).tolist()) or original(cu)
+    try:
+        with torch.no_grad():
+            want, got = reference(**batch).logits, model(**batch).logits
+    finally:
+        attention._plan = original
+    mixed = [len(set(call)) > 1 for call in lengths]             # per layer: one length -> views
+    assert lengths and any(mixed) == (sizes[0] != sizes[1])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_mllama_padding_pairs_match_the_masked_attention(tiny_models, tmp_path):
+    """Same logits and same vision-tower gradients as transformers' masked SDPA, with images whose
+    aspect ratios leave different tiles (and the per-tile padding patches) to mask."""
+    fam = FAMILIES["llama"]
+    proc = fam.load_processor(tiny_models["llama"])
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((60, 130), (90, 90), (130, 50))]
+    proc.tokenizer.padding_side = "left"
+    batch = proc(text=[fam.chat_prompt(proc, "How memorable?")] * 3, images=fam.images_arg(images),
+                 return_tensors="pt", padding=True)
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        model = fam.load_model(tiny_models["llama"], dtype=torch.float32)
+        assert model.config.vision_config._attn_implementation == "sdpa"
+        if fast:
+            assert attention.use_fast_vision_attention(model)
+        logits = model(**batch).logits
+        logits.float().pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if "vision_model" in n and p.grad is not None}
+        results.append((logits.detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    mask = batch["aspect_ratio_mask"]
+    assert mask.sum() < mask.numel()          # some tiles are padding, besides the per-tile padding patches
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert want_grads.keys() == got_grads.keys() and len(want_grads) > 10
+    for n in want_grads:
+        torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -1,0 +1,90 @@
+"""Gradient checkpointing by part: the same gradients as no checkpointing, recomputation exactly where
+asked (Mllama's vision encoder included, which transformers itself never checkpoints)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cogip.errors import CogipError
+from cogip.models import blocks as checkpointing
+from cogip.models.families import FAMILIES
+from cogip.train.data import SFTCollator
+from cogip.train.sft import ModelArguments, prepare_trainable
+from cogip.train.trainer import supervised_logits
+
+
+def _batch(fam, proc, root):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, s in enumerate((4.25, 6.5)):
+        Image.fromarray(rng.integers(0, 256, (84, 84, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        rows.append({"image": str(root / f"{i}.png"), "prompt": "How funny?", "answer": f"medium {s:.3f}"})
+    return SFTCollator(fam, proc)(rows)
+
+
+def _grads(tiny, fam, parts, calls, root):
+    torch.manual_seed(0)
+    model = fam.load_model(tiny, dtype=torch.float32)
+    if parts is not None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0))
+    counts = checkpointing.set_checkpointing(model, fam, parts) if parts is not None else None
+    model.train()
+    batch = _batch(fam, fam.load_processor(tiny), root)
+    calls.clear()
+    logits, targets = supervised_logits(model, batch)
+    torch.nn.functional.cross_entropy(logits, targets).backward()
+    return counts, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_parts_recompute_where_asked_and_keep_gradients(tiny_models, family, monkeypatch, tmp_path):
+    fam = FAMILIES[family]
+    calls = []
+    import torch.utils.checkpoint as tuc
+    real = tuc.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(getattr(fn, "__self__", None) or fn)
+        return real(fn, *args, **kwargs)
+
+    import transformers.modeling_utils as mu
+    monkeypatch.setattr(tuc, "checkpoint", counting)
+    monkeypatch.setattr(mu, "checkpoint", counting)   # the function transformers' layers recompute through
+    monkeypatch.setattr(checkpointing, "checkpoint", counting)
+    _, reference = _grads(tiny_models[family], fam, None, calls, tmp_path)
+    assert not calls
+    for parts in ("all", "language", "vision", "none"):
+        counts, grads = _grads(tiny_models[family], fam, parts, calls, tmp_path)
+        wanted = checkpointing.parse_parts(parts)
+        assert {p for p, n in counts.items() if n} == wanted, (parts, counts)
+        assert (len(calls) > 0) == bool(wanted)
+        assert grads.keys() == reference.keys()
+        for name in reference:
+            torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_mllama_vision_blocks_are_wrapped(tiny_models):
+    fam = FAMILIES["llama"]
+    model = fam.load_model(tiny_models["llama"], dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    counts = checkpointing.set_checkpointing(model, fam, "vision")
+    blocks = [m for m in model.modules() if type(m).__name__ == "MllamaVisionEncoderLayer"]
+    assert counts == {"language": 0, "vision": len(blocks)} and blocks
+    assert all(m._cogip_checkpoint for m in blocks)
+
+
+def test_bad_parts_and_missing_enable():
+    assert checkpointing.parse_parts("language, vision") == {"language", "vision"}
+    assert checkpointing.parse_parts("none") == set() and checkpointing.parse_parts("all") == {"language", "vision"}
+    with pytest.raises(CogipError, match="projector"):
+        checkpointing.parse_parts("projector")
+
+
+def test_enable_first(tiny_models):
+    fam = FAMILIES["gemma"]
+    model = fam.load_model(tiny_models["gemma"], dtype=torch.float32)
+    with pytest.raises(CogipError, match="enable gradient checkpointing"):
+        checkpointing.set_checkpointing(model, fam, "language")
