@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every GPU check in one device call (sections log to $OUT; one failing does not stop the rest).
 #   SECTIONS="loss eval multigpu" bash benchmarks/device_run.sh
+#   LANES="0=gemma 1=llama,evalvar 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
+#   LANES="0=gemma 1=scaling_prep" AFTER=scaling ...                           # then sections on all GPUs
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+RES=${RES:-/tmp/res}; mkdir -p "$RES"   # everything is written here; $OUT gets results.tgz of its logs and JSON
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -12,20 +15,49 @@ else
   export PYTHONPATH=$PWD
 fi
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$OUT/$1.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$OUT/$1.log"; }
+section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$RES/$1.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$RES/$1.log"; }
 
-loss() { python3 benchmarks/loss_bench.py --out "$OUT/loss_bench.json"; }
-eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-128}" && cp /tmp/evalbench/eval_bench.json "$OUT/"; }
+loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
+eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-128}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
 breakdown() { python3 benchmarks/eval_breakdown.py; }
-train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$OUT/"; }
+gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
+llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours}; }
+evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-192}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile liger+compile} && cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
+scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
+scaling() {
+  local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)
+  OUT=$RES/scaling NUM_GPUS=$n bash benchmarks/scaling.sh
+}
+train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$RES/"; }
 
-for s in ${SECTIONS:-loss eval multigpu}; do
-  case $s in
+run_section() {
+  case $1 in
     loss) section loss loss ;;
     eval) section eval eval_ ;;
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
+    gemma|llama|evalvar|scaling|scaling_prep) section "$1" "$1" ;;
   esac
-done
+}
+# a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time
+( sleep "${DEADLINE:-530}"; echo "deadline: stopping"; pkill -TERM -f python3; sleep 5; pkill -KILL -f python3 ) \
+  > "$RES/watchdog.log" 2>&1 &
+watchdog=$!
+if [ -n "${LANES:-}" ]; then
+  lanes=()
+  for lane in $LANES; do
+    gpus=${lane%%=*}; secs=${lane#*=}
+    ( export CUDA_VISIBLE_DEVICES=$gpus; for s in ${secs//,/ }; do run_section "$s"; done ) > "$RES/lane_${gpus//,/-}.log" 2>&1 &
+    lanes+=($!)
+  done
+  wait "${lanes[@]}"
+  cat "$RES"/lane_*.log
+  for s in ${AFTER:-}; do run_section "$s"; done   # e.g. multi-GPU runs once the lanes are done
+else
+  for s in ${SECTIONS:-loss eval multigpu}; do run_section "$s"; done
+fi
+pkill -P "$watchdog" sleep 2>/dev/null; kill "$watchdog" 2>/dev/null
+(cd "$RES" && find . -name "*.log" -o -name "*.json" -o -name "*.txt" | grep -v -e tiny_ -e /bench/ -e /model/ \
+  | tar czf "$OUT/results.tgz" -T -)

@@ -1,7 +1,9 @@
 """Benchmark-loop throughput (images/s) with the real Qwen2.5-VL-7B architecture and random weights:
 (a) a faithful re-implementation of the published loop (one image at a time, generate),
 (b) this project's loop in `generate` mode, (c) in `expected` mode — both end to end (JPEG decode,
-processor, batched generation, parsing, JSONL records, metrics, plots).
+processor, batched generation, parsing, JSONL records, metrics, plots). `--variants` adds runs of
+the loop with Liger's fused kernels (`liger`), compiled vision blocks (`compile`, as `--compile`) or
+both (`liger+compile`), each on a freshly built model, at the largest batch size.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
     python benchmarks/eval_bench.py --cpu-smoke --out DIR
@@ -65,6 +67,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--variants", nargs="+", default=["base"], help="base | liger | compile | liger+compile")
     a = p.parse_args()
     out = Path(a.out)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
@@ -73,34 +76,50 @@ def main():
     processor = fam.load_processor(tiny)
     side = 896 if cuda else 84
     processor.image_processor.min_pixels = processor.image_processor.max_pixels = side * side
-    if cuda:
+    def build():
+        if not cuda:
+            return fam.load_model(tiny)
         from cogip.models.configs import qwen2_5_vl_7b
+        torch.manual_seed(0)
         with torch.device("cuda"):
-            model = fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16)
-        model.eval()
-        n, n_pub = a.n, 24
-    else:
-        model, n, n_pub = fam.load_model(tiny), 8, 4
-    model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            return fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16).eval()
+
+    n, n_pub = (a.n, 24) if cuda else (8, 4)
     bench = make_bench(out / "bench", n, side)
-    sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
-                       images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
-    visual = int((sample["input_ids"] == model.config.image_token_id).sum())
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-               "visual_tokens": visual, "prompt_tokens": int(sample["input_ids"].shape[1]), "max_new_tokens": MAX_NEW}
-    published_loop(model, processor, fam, bench, 2)                       # warm-up
-    results["published_img_s"] = published_loop(model, processor, fam, bench, n_pub)
-    scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW)
-    for mode in ("generate", "expected"):
-        for bs in (a.batch_sizes if cuda else [4]):
-            run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{mode}_{bs}", batch_size=bs, mode=mode,
-                          sample_n=bs)
-            sync = torch.cuda.synchronize if cuda else (lambda: None)
-            sync()
-            t = time.perf_counter()
-            run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{mode}_{bs}", batch_size=bs, mode=mode)
-            sync()
-            results[f"{mode}_bs{bs}_img_s"] = n / (time.perf_counter() - t)
+               "max_new_tokens": MAX_NEW, "n": n}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU
+    for variant in a.variants:
+        model = build()
+        model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if "liger" in variant:
+            from cogip.train.sft import apply_liger
+            apply_liger(model)
+        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile_vision="compile" in variant)
+        if variant == "base":
+            sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
+                               images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
+            results["visual_tokens"] = int((sample["input_ids"] == model.config.image_token_id).sum())
+            results["prompt_tokens"] = int(sample["input_ids"].shape[1])
+            published_loop(model, processor, fam, bench, 2)                       # warm-up
+            results["published_img_s"] = published_loop(model, processor, fam, bench, n_pub)
+        sizes = a.batch_sizes if cuda else [4]
+        for mode in ("generate", "expected"):
+            for bs in (sizes if variant == "base" else sizes[-1:]):
+                tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
+                run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs, mode=mode, num_workers=workers,
+                              sample_n=bs)
+                sync()
+                t = time.perf_counter()
+                run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs, mode=mode,
+                              num_workers=workers)
+                sync()
+                results[f"{tag}_img_s"] = n / (time.perf_counter() - t)
+                print(tag, round(results[f"{tag}_img_s"], 3), "images/s", flush=True)
+        model = scorer = None
+        if cuda:
+            torch.cuda.empty_cache()
     if cuda:
         results["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
     print(json.dumps(results, indent=2))

@@ -4,7 +4,12 @@ checkpointing. Variants:
   published  full logits + the published loss (full-vocab log-softmax, per-token loop), per-window vision attention
   ours-loss  answer-only logits + this project's soft-label loss, per-window vision attention
   ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
-Prints samples/s, peak memory, approximate MFU and the loss of each on the same batch.
+Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
+`ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision;
+without it, transformers' default: every layer it can checkpoint).
+Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
+state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
+adds the profiler's top kernels of one step.
 
     python benchmarks/train_bench.py --out DIR           # GPU
     python benchmarks/train_bench.py --cpu-smoke --out DIR
@@ -13,6 +18,7 @@ Prints samples/s, peak memory, approximate MFU and the loss of each on the same 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -27,11 +33,12 @@ from loss_bench import published_from_logits  # noqa: E402
 
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
-from cogip.models.attention import use_varlen_vision_attention  # noqa: E402
+from cogip.models.attention import use_fast_vision_attention  # noqa: E402
+from cogip.models.blocks import set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
-from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
+from cogip.train.sft import ModelArguments, apply_liger, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
 
 PEAK_TFLOPS = 989.0   # H100/H200 SXM dense bf16
@@ -54,6 +61,7 @@ def main():
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--variants", nargs="+", default=["published", "ours-loss", "ours"])
     p.add_argument("--family", default="qwen", choices=("qwen", "llama", "gemma"))
+    p.add_argument("--profile", nargs="*", default=[], help="variants to profile one step of")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,7 +92,9 @@ def main():
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "batch": 4, "tokens_per_sample": int(batch["input_ids"].shape[1]),
                "family": a.family}
-    for variant in a.variants:
+    def run_variant(variant):
+        base, *opts = variant.split(":")
+        opts = dict(o.split("=", 1) if "=" in o else (o, "1") for o in opts)
         torch.manual_seed(0)
         if cuda:
             from cogip.models.configs import REAL
@@ -93,12 +103,18 @@ def main():
             torch.cuda.reset_peak_memory_stats()
         else:
             model = fam.load_model(tiny)
-        if variant == "ours" and not use_varlen_vision_attention(model) and a.family == "qwen":
+        if base == "ours" and not use_fast_vision_attention(model) and a.family == "qwen":
             raise RuntimeError("varlen vision attention did not switch on")
+        if "liger" in opts:
+            apply_liger(model)
         model.config.use_cache = False
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-        model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)))
+        if opts.get("ckpt") != "none":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        # bf16 LoRA weights, as under DeepSpeed (what finetune_lora.sh runs on GPUs)
+        model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)), fp32_adapters=not cuda)
+        if opts.get("ckpt") not in (None, "none"):
+            print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"]), flush=True)
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)
@@ -107,7 +123,7 @@ def main():
         n_params = sum(q.numel() for q in model.parameters())
 
         def step():
-            if variant == "published":   # full logits from the model, then the published loss
+            if base == "published":   # full logits from the model, then the published loss
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
                 loss = published_from_logits(logits, batch["labels"], loss_fn)
             else:
@@ -121,6 +137,9 @@ def main():
         losses = [step() for _ in range(1 if not cuda else 2)]
         sync = torch.cuda.synchronize if cuda else (lambda: None)
         sync()
+        static = torch.cuda.memory_allocated() if cuda else 0     # weights, optimizer state (grads freed)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         t = time.perf_counter()
         for _ in range(a.steps if cuda else 1):
             losses.append(step())
@@ -129,9 +148,30 @@ def main():
         tokens = 4 * results["tokens_per_sample"]
         results[variant] = {"step_s": sec, "samples_s": 4 / sec, "first_loss": losses[0],
                             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+                            "activations_gib": (torch.cuda.max_memory_allocated() - static) / 2 ** 30 if cuda else None,
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
-        model = opt = params = None   # free before the next variant
+        if variant in a.profile:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            with profile(activities=acts) as prof:
+                step()
+                sync()
+            key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+            table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
+            (out / f"profile_{a.family}_{variant.replace(':', '_').replace('=', '-')}.txt").write_text(table)
+            print(table, flush=True)
+
+    for variant in a.variants:
+        try:
+            run_variant(variant)
+        except torch.cuda.OutOfMemoryError:
+            results[variant] = {"error": "CUDA out of memory"}
+            print(variant, "CUDA out of memory", flush=True)
+        except Exception as e:   # one broken variant must not cost the others' numbers
+            results[variant] = {"error": f"{type(e).__name__}: {e}"}
+            print(variant, "failed:", results[variant]["error"], flush=True)
+        gc.collect()   # free this variant's model before the next one
         if cuda:
             torch.cuda.empty_cache()
     print(json.dumps(results, indent=2))

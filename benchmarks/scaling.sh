@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Multi-GPU scaling at real size (issue 7), through the users' own launchers, on a Qwen2.5-VL-7B
+# architecture with random weights (benchmarks/real_model.py) and 1008-px synthetic images
+# (1296 visual tokens at MIN/MAX_PIXELS below):
+#   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS with ZeRO-2 and ZeRO-3;
+#        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
+#   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
+#   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
+set -uo pipefail
+N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
+PY=${PYTHON:-python3}
+mkdir -p "$W" "$OUT"
+if [ "$SMOKE" = 1 ]; then
+  side=84; px=7056; train_n=8; test_n=8; gpus=(0); ds_configs=(none); model_args=(--tiny); STEPS=3; bs=4
+else
+  side=1008; px=$((1008 * 1008)); train_n=48; test_n=96; gpus=(1 "$N"); ds_configs=(zero2 zero3); model_args=(); bs=32
+fi
+[ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "${model_args[@]}" "$W/model" || exit 1
+[ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
+common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
+        REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
+sft() {   # sft DS_CONFIG_NAME GPUS
+  local ds=$1 g=$2 run="sft_$1_$2gpu" dsarg=(DS_CONFIG=sft/deepspeed/$1.json)
+  [ "$ds" = none ] && dsarg=(DS_CONFIG=)
+  echo "=== $run"
+  env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
+    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" \
+    bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no > "$OUT/$run.log" 2>&1; echo "rc=$?"
+  grep "cogip sft:" "$OUT/$run.log" | tail -n 2
+  [ -f "$W/$run/cogip_train.json" ] && cp "$W/$run/cogip_train.json" "$OUT/$run.json"
+}
+evaluate() {   # evaluate GPUS
+  local run="eval_$1gpu"; echo "=== $run"
+  env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images" \
+    SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" \
+    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 > "$OUT/$run.log" 2>&1
+  echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
+}
+# ZeRO-2 first, then the evaluation, ZeRO-3 last (ZeRO-3 on one GPU would only add gathers: it is
+# compared with ZeRO-2's one-GPU run)
+# RUNS picks a subset, e.g. RUNS="sft_zero2_1gpu sft_zero3_2gpu"
+want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
+for g in "${gpus[@]}"; do want "sft_${ds_configs[0]}_${g}gpu" && sft "${ds_configs[0]}" "$g"; done
+for g in "${gpus[@]}"; do want "eval_${g}gpu" && evaluate "$g"; done
+for ds in "${ds_configs[@]:1}"; do want "sft_${ds}_${N}gpu" && sft "$ds" "$N"; done
+$PY - "$W" "$OUT" <<'PY'
+import json, sys, glob, os
+w, out = sys.argv[1:]
+rows = {}
+for f in sorted(glob.glob(f"{out}/sft_*.json")):
+    rows[os.path.basename(f)[:-5]] = json.load(open(f)).get("throughput")
+for d in sorted(glob.glob(f"{w}/eval_*gpu")):
+    if os.path.isfile(f"{d}/timing.json"):
+        rows[os.path.basename(d)] = json.load(open(f"{d}/timing.json"))
+print(json.dumps(rows, indent=2))
+json.dump(rows, open(f"{out}/scaling.json", "w"), indent=2)
+PY
