@@ -1,7 +1,7 @@
 """Where one batch of the benchmark loop spends its time (real Qwen2.5-VL-7B config, random weights):
 CPU preparation, vision tower, full prefill, generation; then the profiler's top operators.
 
-    python benchmarks/eval_breakdown.py [--batch 32]
+    python benchmarks/eval_breakdown.py [--batch 32] [--compile]
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ def timed(fn, reps=3):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--compile", action="store_true", help="compile the vision blocks, as cog_test.sh --compile")
     a = p.parse_args()
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(build_tiny("qwen", "/tmp/bd_tiny"))
     proc.image_processor.min_pixels = proc.image_processor.max_pixels = 896 * 896
     with torch.device("cuda"):
         model = fam.model_cls()._from_config(qwen2_5_vl_7b(proc.tokenizer), dtype=torch.bfloat16).eval()
-    scorer = Scorer(model, proc, fam, max_new_tokens=10)
+    scorer = Scorer(model, proc, fam, max_new_tokens=10, compile_vision=a.compile)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (896, 896, 3), dtype=np.uint8)) for _ in range(a.batch)]
     prompts = [DIMENSIONS["Aesthetics"].prompt] * a.batch

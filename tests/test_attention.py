@@ -18,6 +18,16 @@ def test_plan_views_for_equal_windows_groups_otherwise():
     assert idx16.tolist() == [list(range(0, 16)), list(range(20, 36))]
 
 
+def test_plan_read_once_per_cu_seqlens_tensor(monkeypatch):
+    cu = torch.tensor([0, 8, 16, 24])
+    assert attention._plan(cu) == 8
+    reads = []
+    real = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real(self))
+    assert attention._plan(cu) == 8 and not reads             # later layers: no host sync
+    assert attention._plan(torch.tensor([0, 8, 16, 24])) == 8 and reads   # a new forward's tensor is read
+
+
 @pytest.mark.parametrize("sizes", [[(112, 112), (112, 112)],      # 4 windows of 16 patches per image: views
                                    [(112, 112), (84, 140)]])      # edge windows of other lengths: grouped
 def test_varlen_matches_per_window_loop(tiny_models, sizes):
@@ -72,3 +82,16 @@ def test_mllama_padding_pairs_match_the_masked_attention(tiny_models, tmp_path):
     assert want_grads.keys() == got_grads.keys() and len(want_grads) > 10
     for n in want_grads:
         torch.testing.assert_close(got_grads[n], want_grads[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize("tiles", [[[1, 1], [1, 0], [1, 1]],      # padding rows recomputed over real keys
+                                   [[1, 1], [0, 0], [1, 0]]])     # an empty media slot: the dense bias is kept
+def test_padpair_sdpa_equals_masked_sdpa(tiles):
+    from transformers.models.mllama.modeling_mllama import _prepare_aspect_ratio_attention_mask
+    torch.manual_seed(0)
+    mask = _prepare_aspect_ratio_attention_mask(torch.tensor(tiles), num_patches=5, target_length=8,
+                                                dtype=torch.float32)         # [B, 1, 16, 16]
+    q, k, v = (torch.randn(3, 2, 16, 8) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    got, _ = attention.padpair_sdpa(None, q, k, v, mask)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

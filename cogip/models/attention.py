@@ -22,12 +22,18 @@ import torch.nn.functional as F
 
 NAME = "flash_varlen_sdpa_cogip"
 _PLANS: dict = {}
+_RECENT: list = []   # [(cu_seqlens tensor, plan)]: every layer of a forward gets the same two tensors
 
 
 def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     """L when every sequence has length L (then they tile the tokens and plain views do); otherwise
-    [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content."""
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()          # one host sync per call
+    [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content, and by
+    identity for the tensor the previous layers got: one host sync per forward, not one per layer
+    (each sync lets the GPU run dry while the host launches the next layer)."""
+    for t, plan in _RECENT:
+        if t is cu_seqlens:
+            return plan
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()          # the host sync
     key = (tuple(lengths), str(cu_seqlens.device))
     if key not in _PLANS:
         if len(_PLANS) > 64:
@@ -41,6 +47,10 @@ def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
                 groups.setdefault(n, []).append(s)
             _PLANS[key] = [(torch.tensor(ss, device=cu_seqlens.device)[:, None]
                             + torch.arange(n, device=cu_seqlens.device), n) for n, ss in groups.items() if n > 0]
+    # holding the tensor keeps its id from being reused by another while it is cached; it is never
+    # written in place (transformers builds it once per forward)
+    _RECENT.insert(0, (cu_seqlens, _PLANS[key]))
+    del _RECENT[4:]
     return _PLANS[key]
 
 
@@ -69,6 +79,34 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
 PADPAIR_NAME = "sdpa_padpairs_cogip"
 
 
+_RECENT_MASKS: list = []   # [(mask tensor, groups)]: every layer of a forward gets the same mask
+
+
+def _padding_groups(attention_mask: torch.Tensor):
+    """[(image indices, padding positions, real positions)] per distinct padding pattern, or None if an
+    image has no real patch. Read from the mask's diagonal (a padding patch masks itself) with one host
+    sync per mask tensor, not per layer."""
+    for t, groups in _RECENT_MASKS:
+        if t is attention_mask:
+            return groups
+    flags = (attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0).cpu()     # [B, L]
+    patterns: dict[bytes, list[int]] = {}
+    for b in range(flags.shape[0]):
+        patterns.setdefault(flags[b].numpy().tobytes(), []).append(b)
+    groups, device = [], attention_mask.device
+    for members in patterns.values():
+        row = flags[members[0]]
+        if row.all():
+            groups = None
+            break
+        if row.any():
+            groups.append((torch.tensor(members, device=device), torch.nonzero(row).squeeze(1).to(device),
+                           torch.nonzero(~row).squeeze(1).to(device)))
+    _RECENT_MASKS.insert(0, (attention_mask, groups))   # held, so its id cannot be reused while cached
+    del _RECENT_MASKS[4:]
+    return groups
+
+
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """query/key/value [B, H, L, D], attention_mask [B, 1, L, L] additive (min where both patches pad)
     → ([B, L, H, D], None), like transformers' SDPA path."""
@@ -77,20 +115,11 @@ def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, d
 
     if attention_mask is None:
         return sdpa(query, key, value).transpose(1, 2).contiguous(), None
-    pad = attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0                # [B, L]: a pad patch masks itself
-    flags = pad.cpu()                                                         # one small host sync per layer
-    groups: dict[bytes, list[int]] = {}
-    for b in range(flags.shape[0]):
-        groups.setdefault(flags[b].numpy().tobytes(), []).append(b)
-    if any(bool(flags[g[0]].all()) for g in groups.values()):                # an empty media slot: keep the bias
+    groups = _padding_groups(attention_mask)
+    if groups is None:                                                        # an empty media slot: keep the bias
         return sdpa(query, key, value, attention_mask.to(query.dtype)).transpose(1, 2).contiguous(), None
     out = sdpa(query, key, value).transpose(1, 2)                            # [B, L, H, D], exact for real rows
-    for members in groups.values():
-        row = flags[members[0]]
-        if not row.any():
-            continue
-        pad_idx, real_idx = (torch.nonzero(m).squeeze(1).to(query.device) for m in (row, ~row))
-        b = torch.tensor(members, device=query.device)
+    for b, pad_idx, real_idx in groups:
         o = sdpa(query[b][:, :, pad_idx], key[b][:, :, real_idx], value[b][:, :, real_idx])   # [G, H, P, D]
         out = out.index_put((b[:, None], pad_idx[None, :]), o.transpose(1, 2))
     return out.contiguous(), None
