@@ -17,12 +17,14 @@ padding rows are then recomputed over the real keys only.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 NAME = "flash_varlen_sdpa_cogip"
 _PLANS: dict = {}
-_RECENT: list = []   # [(cu_seqlens tensor, plan)]: every layer of a forward gets the same two tensors
+_RECENT: list = []   # [(weakref to a cu_seqlens tensor, plan)]: every layer of a forward gets the same two tensors
 
 
 def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
@@ -30,8 +32,8 @@ def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content, and by
     identity for the tensor the previous layers got: one host sync per forward, not one per layer
     (each sync lets the GPU run dry while the host launches the next layer)."""
-    for t, plan in _RECENT:
-        if t is cu_seqlens:
+    for ref, plan in _RECENT:
+        if ref() is cu_seqlens:
             return plan
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()          # the host sync
     key = (tuple(lengths), str(cu_seqlens.device))
@@ -47,9 +49,9 @@ def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
                 groups.setdefault(n, []).append(s)
             _PLANS[key] = [(torch.tensor(ss, device=cu_seqlens.device)[:, None]
                             + torch.arange(n, device=cu_seqlens.device), n) for n, ss in groups.items() if n > 0]
-    # holding the tensor keeps its id from being reused by another while it is cached; it is never
-    # written in place (transformers builds it once per forward)
-    _RECENT.insert(0, (cu_seqlens, _PLANS[key]))
+    # a weak reference: a freed tensor's entry goes dead instead of matching a new tensor at its address;
+    # the tensor is never written in place (transformers builds it once per forward)
+    _RECENT.insert(0, (weakref.ref(cu_seqlens), _PLANS[key]))
     del _RECENT[4:]
     return _PLANS[key]
 
@@ -79,15 +81,15 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
 PADPAIR_NAME = "sdpa_padpairs_cogip"
 
 
-_RECENT_MASKS: list = []   # [(mask tensor, groups)]: every layer of a forward gets the same mask
+_RECENT_MASKS: list = []   # [(weakref to a mask tensor, groups)]: every layer of a forward gets the same mask
 
 
 def _padding_groups(attention_mask: torch.Tensor):
     """[(image indices, padding positions, real positions)] per distinct padding pattern, or None if an
     image has no real patch. Read from the mask's diagonal (a padding patch masks itself) with one host
     sync per mask tensor, not per layer."""
-    for t, groups in _RECENT_MASKS:
-        if t is attention_mask:
+    for ref, groups in _RECENT_MASKS:
+        if ref() is attention_mask:
             return groups
     flags = (attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0).cpu()     # [B, L]
     patterns: dict[bytes, list[int]] = {}
@@ -102,7 +104,7 @@ def _padding_groups(attention_mask: torch.Tensor):
         if row.any():
             groups.append((torch.tensor(members, device=device), torch.nonzero(row).squeeze(1).to(device),
                            torch.nonzero(~row).squeeze(1).to(device)))
-    _RECENT_MASKS.insert(0, (attention_mask, groups))   # held, so its id cannot be reused while cached
+    _RECENT_MASKS.insert(0, (weakref.ref(attention_mask), groups))   # weak: a 330 MB mask is not kept alive
     del _RECENT_MASKS[4:]
     return groups
 
