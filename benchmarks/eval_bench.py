@@ -94,7 +94,7 @@ def main():
         model = build()
         model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         if "liger" in variant:
-            from cogip.train.sft import apply_liger
+            from cogip.models.blocks import apply_liger
             apply_liger(model)
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile_vision="compile" in variant)
         if variant == "base":

@@ -34,11 +34,11 @@ from loss_bench import published_from_logits  # noqa: E402
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import use_fast_vision_attention  # noqa: E402
-from cogip.models.blocks import set_checkpointing  # noqa: E402
+from cogip.models.blocks import apply_liger, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
-from cogip.train.sft import ModelArguments, apply_liger, prepare_trainable  # noqa: E402
+from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
 
 PEAK_TFLOPS = 989.0   # H100/H200 SXM dense bf16

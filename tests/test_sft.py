@@ -155,9 +155,17 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
               "--checkpoint_parts", "vision", "--max_steps", "4"), callbacks=[probe])
     assert probe.seen == {"language": {False}, "vision": {True}}   # Mllama's vision layers included
     info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())
-    assert info["model"]["checkpoint_parts"] == "vision"
+    assert info["model"]["checkpoint_parts"] == "vision" and info["kernels"] == "transformers"
     speed = info["throughput"]
     assert speed["steps_timed"] == 2 and speed["samples_per_s"] == pytest.approx(
         speed["samples_per_step"] / speed["median_step_s"], rel=1e-2)
     with pytest.raises(CogipError, match="checkpointing parts"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
+
+
+def test_liger_without_the_package_is_one_clear_error(tiny_models, synth_bench, tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("liger_kernel") is not None:
+        pytest.skip("liger-kernel is installed here")
+    with pytest.raises(CogipError, match="liger-kernel is not installed"):
+        run(_args(tiny_models["gemma"], synth_bench, tmp_path / "liger", "--use_liger_kernel", "True"))

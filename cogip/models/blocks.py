@@ -1,5 +1,6 @@
-"""The repeated blocks of a model by part (language, vision), and what is done to them by part:
-gradient checkpointing (recompute only where memory needs it) and `torch.compile`.
+"""The repeated blocks of a model by part (language, vision), and what is done to them for speed:
+gradient checkpointing by part (recompute only where memory needs it), `torch.compile`, Liger's
+fused kernels.
 
 Transformers checkpoints every `GradientCheckpointingLayer` or none. Recomputing costs a forward pass
 of the part, so a part whose activations fit is faster left alone; and a block transformers cannot
@@ -55,6 +56,18 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision")
             block.compile()
             n += 1
     return n
+
+
+def apply_liger(model, config: dict | None = None) -> None:
+    """Liger's fused Triton kernels (RMSNorm, LayerNorm, SwiGLU/GeGLU, RoPE) on a loaded model, before
+    PEFT wraps it (PEFT's trained copies of the vision tower then inherit them). The soft-label loss
+    needs logits, so Liger's fused linear cross-entropy stays off."""
+    import importlib.util
+    if importlib.util.find_spec("liger_kernel") is None:
+        raise CogipError("Liger kernels asked for (--use_liger_kernel True) but liger-kernel is not installed: "
+                         "pip install -e '.[gpu]', or LIGER=False")
+    from transformers.integrations.liger import apply_liger_kernel
+    apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False, **(config or {})})
 
 
 def _wrap(module: torch.nn.Module, kwargs: dict) -> None:

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import use_fast_vision_attention
-from ..models.blocks import parse_parts, set_checkpointing
+from ..models.blocks import apply_liger, parse_parts, set_checkpointing
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -131,18 +131,6 @@ class StepTimes(TrainerCallback):
                 "steps_timed": len(steady), "samples_per_step": samples_per_step}
 
 
-def apply_liger(model, config: dict | None = None) -> None:
-    """Liger's fused Triton kernels (RMSNorm, LayerNorm, SwiGLU/GeGLU, RoPE) on a loaded model, before
-    PEFT wraps it (PEFT's trained copies of the vision tower then inherit them). The soft-label loss
-    needs logits, so Liger's fused linear cross-entropy stays off."""
-    import importlib.util
-    if importlib.util.find_spec("liger_kernel") is None:
-        raise CogipError("Liger kernels asked for (--use_liger_kernel True) but liger-kernel is not installed: "
-                         "pip install -e '.[gpu]', or LIGER=False")
-    from transformers.integrations.liger import apply_liger_kernel
-    apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False, **(config or {})})
-
-
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
@@ -152,7 +140,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
     use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
-    if targs.use_liger_kernel:
+    liger = bool(targs.use_liger_kernel)
+    if liger:
         apply_liger(model, targs.liger_kernel_config)
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
@@ -163,10 +152,12 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
                             soft=largs.soft_labels)
     targs.remove_unused_columns = False   # the collator needs the raw columns
-    return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
-                        processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
-                        merger_lr=margs.merger_lr,
-                        callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
+    trainer = CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
+                           processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
+                           merger_lr=margs.merger_lr,
+                           callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
+    trainer.kernels = "liger" if liger else "transformers"   # recorded in cogip_train.json
+    return trainer
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
@@ -190,7 +181,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
                 "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
-                "throughput": speed}
+                "kernels": trainer.kernels, "throughput": speed}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
         Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return trainer
