@@ -108,8 +108,8 @@ def main():
         for mode in ("generate", "expected"):
             for bs in (sizes if variant == "base" else sizes[-1:]):
                 tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
-                run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs, mode=mode, num_workers=workers,
-                              sample_n=bs)
+                run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs, mode=mode,
+                              num_workers=workers, sample_n=bs)
                 sync()
                 t = time.perf_counter()
                 run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs, mode=mode,

@@ -165,11 +165,8 @@ def main():
     for variant in a.variants:
         try:
             run_variant(variant)
-        except torch.cuda.OutOfMemoryError:
-            results[variant] = {"error": "CUDA out of memory"}
-            print(variant, "CUDA out of memory", flush=True)
-        except Exception as e:   # one broken variant must not cost the others' numbers
-            results[variant] = {"error": f"{type(e).__name__}: {e}"}
+        except Exception as e:   # out of memory or broken: one variant must not cost the others' numbers
+            results[variant] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
             print(variant, "failed:", results[variant]["error"], flush=True)
         gc.collect()   # free this variant's model before the next one
         if cuda:

@@ -155,7 +155,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
               for s in range(0, len(mine), batch_size)]
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
-    shard = "records.rank{}.jsonl".format(rank) if world > 1 else "records.jsonl"
+    shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),

@@ -24,17 +24,34 @@ import torch.nn.functional as F
 
 NAME = "flash_varlen_sdpa_cogip"
 _PLANS: dict = {}
-_RECENT: list = []   # [(weakref to a cu_seqlens tensor, plan)]: every layer of a forward gets the same two tensors
+
+
+def _per_tensor(cache: list, tensor: torch.Tensor, compute):
+    """compute(tensor), remembered for that tensor object: every layer of a forward gets the same
+    cu_seqlens / mask tensor, so what needs a host sync to read is read once per forward, not per layer
+    (each sync lets the GPU run dry while the host launches the next layer). Weak references: a freed
+    tensor's entry goes dead instead of matching a new tensor at its address, and a 330 MB Mllama mask is
+    not kept alive. The tensors are never written in place (transformers builds them once per forward)."""
+    for ref, value in cache:
+        if ref() is tensor:
+            return value
+    value = compute(tensor)
+    cache.insert(0, (weakref.ref(tensor), value))
+    del cache[4:]
+    return value
+
+
+_RECENT_PLANS: list = []
 
 
 def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     """L when every sequence has length L (then they tile the tokens and plain views do); otherwise
-    [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content, and by
-    identity for the tensor the previous layers got: one host sync per forward, not one per layer
-    (each sync lets the GPU run dry while the host launches the next layer)."""
-    for ref, plan in _RECENT:
-        if ref() is cu_seqlens:
-            return plan
+    [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content (the
+    index tensors) and per tensor object (the host sync)."""
+    return _per_tensor(_RECENT_PLANS, cu_seqlens, _read_plan)
+
+
+def _read_plan(cu_seqlens: torch.Tensor):
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()          # the host sync
     key = (tuple(lengths), str(cu_seqlens.device))
     if key not in _PLANS:
@@ -49,10 +66,6 @@ def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
                 groups.setdefault(n, []).append(s)
             _PLANS[key] = [(torch.tensor(ss, device=cu_seqlens.device)[:, None]
                             + torch.arange(n, device=cu_seqlens.device), n) for n, ss in groups.items() if n > 0]
-    # a weak reference: a freed tensor's entry goes dead instead of matching a new tensor at its address;
-    # the tensor is never written in place (transformers builds it once per forward)
-    _RECENT.insert(0, (weakref.ref(cu_seqlens), _PLANS[key]))
-    del _RECENT[4:]
     return _PLANS[key]
 
 
@@ -81,16 +94,16 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
 PADPAIR_NAME = "sdpa_padpairs_cogip"
 
 
-_RECENT_MASKS: list = []   # [(weakref to a mask tensor, groups)]: every layer of a forward gets the same mask
+_RECENT_MASKS: list = []
 
 
 def _padding_groups(attention_mask: torch.Tensor):
     """[(image indices, padding positions, real positions)] per distinct padding pattern, or None if an
-    image has no real patch. Read from the mask's diagonal (a padding patch masks itself) with one host
-    sync per mask tensor, not per layer."""
-    for ref, groups in _RECENT_MASKS:
-        if ref() is attention_mask:
-            return groups
+    image has no real patch. Read from the mask's diagonal (a padding patch masks itself), once per mask."""
+    return _per_tensor(_RECENT_MASKS, attention_mask, _read_padding_groups)
+
+
+def _read_padding_groups(attention_mask: torch.Tensor):
     flags = (attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0).cpu()     # [B, L]
     patterns: dict[bytes, list[int]] = {}
     for b in range(flags.shape[0]):
@@ -104,8 +117,6 @@ def _padding_groups(attention_mask: torch.Tensor):
         if row.any():
             groups.append((torch.tensor(members, device=device), torch.nonzero(row).squeeze(1).to(device),
                            torch.nonzero(~row).squeeze(1).to(device)))
-    _RECENT_MASKS.insert(0, (weakref.ref(attention_mask), groups))   # weak: a 330 MB mask is not kept alive
-    del _RECENT_MASKS[4:]
     return groups
 
 

@@ -140,8 +140,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
     use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
-    liger = bool(targs.use_liger_kernel)
-    if liger:
+    if targs.use_liger_kernel:
         apply_liger(model, targs.liger_kernel_config)
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
@@ -152,12 +151,10 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
                             soft=largs.soft_labels)
     targs.remove_unused_columns = False   # the collator needs the raw columns
-    trainer = CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
-                           processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
-                           merger_lr=margs.merger_lr,
-                           callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
-    trainer.kernels = "liger" if liger else "transformers"   # recorded in cogip_train.json
-    return trainer
+    return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
+                        processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
+                        merger_lr=margs.merger_lr,
+                        callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
@@ -166,6 +163,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
+    kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
     trainer = build_trainer(margs, dargs, largs, targs, [timer, *(callbacks or [])])
     result = trainer.train(resume_from_checkpoint=resume)
@@ -181,7 +179,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
                 "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
-                "kernels": trainer.kernels, "throughput": speed}
+                "kernels": kernels, "throughput": speed}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
         Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return trainer
