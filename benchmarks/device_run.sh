@@ -18,12 +18,12 @@ nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('
 section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$RES/$1.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$RES/$1.log"; }
 
 loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
-eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-128}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
+eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
 breakdown() { python3 benchmarks/eval_breakdown.py; }
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
 llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours}; }
-evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-192}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile liger+compile} && cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
+evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-480}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile compileall+pipe2}; cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
 scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
 scaling() {
   local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)

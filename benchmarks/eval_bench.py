@@ -2,8 +2,10 @@
 (a) a faithful re-implementation of the published loop (one image at a time, generate),
 (b) this project's loop in `generate` mode, (c) in `expected` mode — both end to end (JPEG decode,
 processor, batched generation, parsing, JSONL records, metrics, plots). `--variants` adds runs of
-the loop with Liger's fused kernels (`liger`), compiled vision blocks (`compile`, as `--compile`) or
-both (`liger+compile`), each on a freshly built model, at the largest batch size.
+the loop, each on a freshly built model at the largest batch size, with options joined by "+":
+`liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
+(also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
+`--pipeline N`; 1 otherwise). `base` is the loop with none of them.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
     python benchmarks/eval_bench.py --cpu-smoke --out DIR
@@ -65,9 +67,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cpu-smoke", action="store_true")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=128)
+    p.add_argument("--n", type=int, default=480, help="images (published protocol: 4 dimensions x 120)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
-    p.add_argument("--variants", nargs="+", default=["base"], help="base | liger | compile | liger+compile")
+    p.add_argument("--variants", nargs="+", default=["base"], help="base, or options joined by +: liger compile "
+                                                                    "compileall pipeN")
     a = p.parse_args()
     out = Path(a.out)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
@@ -93,10 +96,13 @@ def main():
     for variant in a.variants:
         model = build()
         model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if "liger" in variant:
+        options = set(variant.split("+"))
+        if "liger" in options:
             from cogip.models.blocks import apply_liger
             apply_liger(model)
-        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile_vision="compile" in variant)
+        compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
+        pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
+        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts)
         if variant == "base":
             sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
                                images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
@@ -109,14 +115,16 @@ def main():
             for bs in (sizes if variant == "base" else sizes[-1:]):
                 tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
                 run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs, mode=mode,
-                              num_workers=workers, sample_n=bs)
+                              num_workers=workers, sample_n=bs * pipeline, pipeline=pipeline)
                 sync()
                 t = time.perf_counter()
                 run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs, mode=mode,
-                              num_workers=workers)
+                              num_workers=workers, pipeline=pipeline)
                 sync()
                 results[f"{tag}_img_s"] = n / (time.perf_counter() - t)
+                results[f"{tag}_loop"] = json.loads((out / f"run_{tag}" / "timing.json").read_text())
                 print(tag, round(results[f"{tag}_img_s"], 3), "images/s", flush=True)
+                (out / "eval_bench.json").write_text(json.dumps(results, indent=2))   # kept if a later run is cut
         model = scorer = None
         if cuda:
             torch.cuda.empty_cache()

@@ -43,7 +43,7 @@ def main():
     proc.image_processor.min_pixels = proc.image_processor.max_pixels = 896 * 896
     with torch.device("cuda"):
         model = fam.model_cls()._from_config(qwen2_5_vl_7b(proc.tokenizer), dtype=torch.bfloat16).eval()
-    scorer = Scorer(model, proc, fam, max_new_tokens=10, compile_vision=a.compile)
+    scorer = Scorer(model, proc, fam, max_new_tokens=10, compile="vision" if a.compile else "none")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (896, 896, 3), dtype=np.uint8)) for _ in range(a.batch)]
     prompts = [DIMENSIONS["Aesthetics"].prompt] * a.batch

@@ -3,6 +3,7 @@
 #   TEST_DIR (data/test_msg_file)  IMAGE_ROOT (data/cognition/cognition_images)  OUT
 #   SAMPLE_N (120 as published; 0 = all)  SEED (19)  BATCH_SIZE (8)  MODE (generate|expected)
 #   NUM_GPUS (auto; >1 runs data-parallel through accelerate)  DTYPE (bfloat16 on GPU)
+#   Speed options go as extra arguments: --compile, --pipeline N, --num-workers N
 # Extra arguments go last to `python -m cogip.evaluate.bench` and win.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,14 +71,15 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
             assert gap < 0.1 and agreement > 0.7, (dim, gap, agreement)
 
 
-def test_compiled_vision_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
+def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
     runs = {}
-    for name, args in (("eager", ()), ("compiled", ("--compile",))):
+    for name, args in (("eager", ()), ("compiled", ("--compile",)), ("compiled_all", ("--compile", "all"))):
         run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / name, "--dims", "Funniness", *args)
         assert run.returncode == 0, run.stderr[-3000:]
         runs[name] = read_records(tmp_path / name / "Funniness")
     assert len(runs["eager"]) == 8
-    assert [r["answer"] for r in runs["compiled"].values()] == [r["answer"] for r in runs["eager"].values()]
+    for name in ("compiled", "compiled_all"):
+        assert [r["answer"] for r in runs[name].values()] == [r["answer"] for r in runs["eager"].values()]
 
 
 def test_published_messages_with_synthetic_images(trained, published, published_images, tmp_path):
@@ -122,8 +124,10 @@ def test_sampling_is_reproducible_and_independent():
 class Interrupting:
     """A scorer that is 'killed' after a number of batches."""
 
+    answer_stream = Scorer.answer_stream
+
     def __init__(self, scorer, batches):
-        self.scorer, self.left, self.prepare = scorer, batches, scorer.prepare
+        self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
 
     def answer_prepared(self, *args):
         if self.left == 0:
@@ -147,6 +151,43 @@ def test_resume_after_interruption(trained, synth_bench, tmp_path):
     resumed = run_benchmark(counting, out=tmp_path / "killed", **kw)
     assert counting.left == 99 - 1                      # only the unfinished batch (items 6, 7) ran again
     assert resumed == straight
+
+
+def test_pipelined_run_resumes_after_interruption(trained, synth_bench, tmp_path):
+    scorer = Scorer.load(str(trained["qwen"]))
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Funniness"], batch_size=2, mode="expected")
+    straight = run_benchmark(scorer, out=tmp_path / "straight", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        run_benchmark(Interrupting(scorer, 2), out=tmp_path / "killed", pipeline=2, **kw)
+    lines = (tmp_path / "killed" / "Funniness" / "records.jsonl").read_text().splitlines()
+    assert 2 <= len(lines) <= 4 and all(json.loads(line)["ok"] is not None for line in lines)
+    assert run_benchmark(scorer, out=tmp_path / "killed", pipeline=3, **kw) == straight
+
+
+@pytest.mark.parametrize("mode", ["generate", "expected"])
+def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
+    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=12)
+    images = synth_bench / "cognition/cognition_images"
+    dims = ["Aesthetics", "Funniness", "Emotional_Valence", "Memorability"]
+    # one batch per dimension, then batches mixing two prompts of different lengths (left padding)
+    jobs = [(d, [d, d]) for d in dims] + [(a, [a, b]) for a, b in zip(dims, dims[1:])]
+    batches = [(scorer.prepare([open_image(images / f"{p}/{k:06d}.jpg") for k, p in enumerate(ps, start=n)],
+                               [get_dimension(p).prompt for p in ps]), get_dimension(d))
+               for n, (d, ps) in enumerate(jobs)]
+    assert len({b["input_ids"].shape[1] for b, _ in batches}) >= 3
+    stream = lambda: ((n, b, d, mode) for n, (b, d) in enumerate(batches))
+    alone = list(scorer.answer_stream(stream(), depth=1))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)   # the threads interleave often
+    try:
+        together = list(scorer.answer_stream(stream(), depth=3))
+    finally:
+        sys.setswitchinterval(interval)
+    assert [n for n, _ in together] == list(range(len(batches)))
+    assert together == alone
+    if mode == "expected":
+        assert sum(a.spread is not None for _, answers in alone for a in answers) >= 4   # real values compared
 
 
 def test_parse_failures_are_counted(tiny_models, synth_bench, tmp_path):

@@ -112,7 +112,7 @@ class _Batches(torch.utils.data.Dataset):
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0) -> dict:
+                  num_workers: int = 0, pipeline: int = 1) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -154,15 +154,23 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # one loader over every dimension's batches: its workers start once and stay ahead across dimensions
     chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
               for s in range(0, len(mine), batch_size)]
+    if num_workers and chunks and batch_size >= 8:
+        # ramp up: the first batch split in quarters, a quarter and a half (each prepared by its own worker),
+        # so the device starts after a quarter of a batch's preparation instead of a whole one
+        name, first = chunks[0]
+        q = batch_size // 4
+        chunks[:1] = [(name, part) for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                                          prefetch_factor=2 if num_workers else None)
-    for name, chunk, batch in loader:
+    jobs = (((name, chunk), batch, get_dimension(name), mode) for name, chunk, batch in loader)
+    first_answers = None
+    for (name, chunk), answers in scorer.answer_stream(jobs, depth=pipeline):
+        first_answers = first_answers or time.perf_counter() - started
         items = plan[name][0]
-        answers = scorer.answer_prepared(batch, get_dimension(name), mode)
         append_jsonl(out / name / shard, [{
             "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
             "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
@@ -175,7 +183,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         return {}
     seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
     write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
-                                     "batch_size": batch_size, "mode": mode,
+                                     "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
+                                     "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None})
     summary = {}
     for name, (items, indices) in plan.items():
@@ -227,8 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
-    p.add_argument("--compile", action="store_true", help="torch.compile the vision blocks (GPU; first batch compiles)")
+    p.add_argument("--compile", nargs="?", const="vision", default="none", metavar="PARTS",
+                   help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
+                        "language, all (GPU; the first batch compiles)")
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
+    p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
+                                                "each holds its own activations)")
     a = p.parse_args(argv)
     return exit_code("cogip evaluate", _evaluate, a)
 
@@ -241,11 +254,12 @@ def _evaluate(a) -> None:
     from .scorer import Scorer
     scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
                          max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                         compile_vision=a.compile)
+                         compile=a.compile)
     run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                   accelerator=state if state.num_processes > 1 else None,
                   run_info={"model_id": a.model_id, "base_model": a.base_model},
-                  num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0))
+                  num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
+                  pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1))
 
 
 if __name__ == "__main__":

@@ -10,12 +10,20 @@ Two modes, both from one batched, left-padded, greedy `generate` (one prefill pe
   probabilities follow the label-word trie along the greedy path: P(label) = Π P(token | prefix);
   where a label shares an off-path prefix with another (`very low`/`very high` when the model said
   `medium`), their joint mass is reported under `"very low|very high"`.
+
+`answer_stream` keeps several batches in flight (threads, one CUDA stream each), so that one batch's
+host-side work overlaps another's kernels.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +35,9 @@ from ..models.attention import use_fast_vision_attention
 from ..models.blocks import compile_blocks
 from ..models.families import Family, detect_family, get_family
 from ..parse import parse_answer
+
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 @dataclass
@@ -41,12 +52,11 @@ class Answer:
 
 
 class Scorer:
-    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile_vision: bool = False):
+    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none"):
         self.model, self.processor, self.family = model.eval(), processor, family
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
-        if compile_vision:   # fuses the vision blocks' elementwise work (docs/benchmarks.md)
-            compile_blocks(model, family, "vision")
+        compile_blocks(model, family, compile)   # fuses elementwise work (docs/benchmarks.md); "none": nothing
         self.max_new_tokens = max_new_tokens
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
@@ -54,7 +64,7 @@ class Scorer:
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-             max_pixels: int | None = None, compile_vision: bool = False) -> "Scorer":
+             max_pixels: int | None = None, compile: str = "none") -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
         from ..train.merge import load_adapted, processor_source
         is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
@@ -68,15 +78,20 @@ class Scorer:
         if device:
             model = model.to(device)
         return cls(model, fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels)), fam,
-                   max_new_tokens, compile_vision)
+                   max_new_tokens, compile)
 
     # ------------------------------------------------------------------ generation
     def prepare(self, images: list, prompts: list[str]) -> dict:
         """CPU-side work for one batch (chat text, image processing, left padding): safe in loader workers."""
         texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
         self.tokenizer.padding_side = "left"
-        return dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                                   padding=True))
+        batch = dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
+                                    padding=True))
+        # pixels in the model's dtype already here: the model's own first step is this cast (exact), and a
+        # batch of 32 Qwen images is 616 MB in float32 to pass from a loader worker, pin and copy
+        dtype = self.model.dtype
+        return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and dtype in LOW_PRECISION else v
+                for k, v in batch.items()}
 
     @torch.no_grad()
     def _generate(self, batch: dict, with_scores: bool):
@@ -125,6 +140,47 @@ class Scorer:
             chunk = images[i:i + batch_size]
             out += [a.score for a in self.answer(chunk, [prompt or dim.prompt] * len(chunk), dim, mode)]
         return out
+
+    def answer_stream(self, jobs: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
+        """(key, prepared batch, dimension, mode) jobs -> (key, answers), in job order.
+
+        depth > 1 keeps up to `depth` batches in flight, each in its own thread (and CUDA stream): HF
+        `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
+        position ids, the answer parsing) and then launches what follows; another batch's kernels fill
+        those gaps. Exact: every batch runs the same computation as alone (compilation is serialised by
+        torch itself)."""
+        if depth <= 1:
+            for key, batch, dim, mode in jobs:
+                yield key, self.answer_prepared(batch, dim, mode)
+            return
+        _per_thread_state(self.model)
+        cuda = self.model.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.model.device)
+        local, slots = threading.local(), itertools.count()
+        streams = self.__dict__.setdefault("_streams", [])   # kept across calls: the allocator caches per stream
+
+        def run(batch, dim, mode):
+            if not cuda:
+                return self.answer_prepared(batch, dim, mode)
+            if not hasattr(local, "stream"):
+                slot = next(slots)
+                while len(streams) <= slot:
+                    streams.append(torch.cuda.Stream(self.model.device))
+                local.stream = streams[slot]
+            with torch.cuda.stream(local.stream):
+                return self.answer_prepared(batch, dim, mode)
+
+        with ThreadPoolExecutor(depth, thread_name_prefix="cogip-answer") as pool:
+            pending: deque = deque()
+            for key, batch, dim, mode in jobs:
+                pending.append((key, pool.submit(run, batch, dim, mode)))
+                while len(pending) >= depth:
+                    key, done = pending.popleft()
+                    yield key, done.result()
+            while pending:
+                key, done = pending.popleft()
+                yield key, done.result()
 
     # ------------------------------------------------------------------ expected mode
     def _label_trie(self, dim: Dimension) -> list[tuple[str, list[int]]]:
@@ -178,3 +234,33 @@ class Scorer:
         sign = -1.0 if start > 0 and tokens[start - 1].lstrip("Ġ▁ ").endswith("-") else 1.0
         ans.score = min(max(sign * mean, dim.low), dim.high)
         ans.spread = math.sqrt(var)
+
+
+class _PerThread:
+    """A module attribute that each thread sees on its own."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        return getattr(obj.__dict__.setdefault("_cogip_threads", threading.local()), self.name, None)
+
+    def __set__(self, obj, value):
+        setattr(obj.__dict__.setdefault("_cogip_threads", threading.local()), self.name, value)
+
+
+PER_CALL_STATE = ("rope_deltas",)   # kept on the module between prefill and decoding (Qwen2.5-VL)
+
+
+def _per_thread_state(model) -> None:
+    """Give every module that keeps per-call state on itself a per-thread copy of it, so that
+    concurrent `generate` calls (`Scorer.answer_stream`) do not read each other's."""
+    for module in model.modules():
+        names = [n for n in PER_CALL_STATE if n in vars(module)]
+        if names and not isinstance(vars(type(module)).get(names[0]), _PerThread):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, (cls,), {n: _PerThread(n) for n in names})
+            for n in names:
+                setattr(module, n, vars(module).pop(n))

@@ -37,7 +37,7 @@ def _per_tensor(cache: list, tensor: torch.Tensor, compute):
             return value
     value = compute(tensor)
     cache.insert(0, (weakref.ref(tensor), value))
-    del cache[4:]
+    del cache[8:]   # a few forwards in flight at once (the scorer's pipelined batches), two tensors each
     return value
 
 
@@ -64,8 +64,10 @@ def _read_plan(cu_seqlens: torch.Tensor):
             groups: dict[int, list[int]] = {}
             for s, n in zip(starts, lengths):
                 groups.setdefault(n, []).append(s)
-            _PLANS[key] = [(torch.tensor(ss, device=cu_seqlens.device)[:, None]
-                            + torch.arange(n, device=cu_seqlens.device), n) for n, ss in groups.items() if n > 0]
+            _PLANS[key] = [((torch.tensor(ss)[:, None] + torch.arange(n)).to(cu_seqlens.device), n)
+                           for n, ss in groups.items() if n > 0]
+            if cu_seqlens.is_cuda:   # shared with forwards on other streams: the copies must have landed
+                torch.cuda.current_stream(cu_seqlens.device).synchronize()
     return _PLANS[key]
 
 

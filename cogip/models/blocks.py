@@ -20,6 +20,7 @@ from .families import Family
 
 PARTS = ("language", "vision")
 UNCHECKPOINTABLE_BLOCKS = ("MllamaVisionEncoderLayer",)   # repeated blocks transformers never checkpoints
+STATELESS_CHILDREN = ("MLP", "Norm")                        # parts of a language block that hold no cache
 
 
 def parse_parts(spec: str | Iterable[str]) -> set[str]:
@@ -47,14 +48,25 @@ def repeated_blocks(model, family: Family):
 
 
 def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision") -> int:
-    """`torch.compile` each repeated block of `parts` (fuses their elementwise work: norms, rotary
-    embeddings, activations); returns how many. Compilation happens on the first forward."""
+    """`torch.compile` the repeated blocks of `parts` (fuses their elementwise work: norms, rotary
+    embeddings, activations); returns how many modules. Compilation happens on the first forward.
+
+    A language block carries the KV cache while generating, whose changing length and Python state
+    would recompile a compiled block at every decoding step; there only the stateless children (the
+    MLP and the norms) are compiled, with dynamic shapes (one graph for prefill and decoding)."""
     wanted = parse_parts(parts)
     n = 0
     for _, block, part in repeated_blocks(model, family):
-        if part in wanted:
+        if part not in wanted:
+            continue
+        if part == "vision":
             block.compile()
             n += 1
+            continue
+        for child in block.children():
+            if any(k in type(child).__name__ for k in STATELESS_CHILDREN):
+                child.compile(dynamic=True)
+                n += 1
     return n
 
 
