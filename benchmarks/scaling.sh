@@ -2,7 +2,7 @@
 # Multi-GPU scaling at real size (issue 7), through the users' own launchers, on a Qwen2.5-VL-7B
 # architecture with random weights (benchmarks/real_model.py) and 1008-px synthetic images
 # (1296 visual tokens at MIN/MAX_PIXELS below):
-#   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS with ZeRO-2 and ZeRO-3;
+#   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2 and ZeRO-3;
 #        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
@@ -36,13 +36,13 @@ evaluate() {   # evaluate GPUS
     bash evaluation/qwen/cog_test.sh --max-new-tokens 10 > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
-# ZeRO-2 first, then the evaluation, ZeRO-3 last (ZeRO-3 on one GPU would only add gathers: it is
-# compared with ZeRO-2's one-GPU run)
+# ZeRO-2 first, then the evaluation, ZeRO-3 last (its one-GPU run measures ZeRO-3's own overhead; the
+# scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run)
 # RUNS picks a subset, e.g. RUNS="sft_zero2_1gpu sft_zero3_2gpu"
 want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
 for g in "${gpus[@]}"; do want "sft_${ds_configs[0]}_${g}gpu" && sft "${ds_configs[0]}" "$g"; done
 for g in "${gpus[@]}"; do want "eval_${g}gpu" && evaluate "$g"; done
-for ds in "${ds_configs[@]:1}"; do want "sft_${ds}_${N}gpu" && sft "$ds" "$N"; done
+for ds in "${ds_configs[@]:1}"; do for g in "${gpus[@]}"; do want "sft_${ds}_${g}gpu" && sft "$ds" "$g"; done; done
 $PY - "$W" "$OUT" <<'PY'
 import json, sys, glob, os
 w, out = sys.argv[1:]

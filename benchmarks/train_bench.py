@@ -6,7 +6,8 @@ checkpointing. Variants:
   ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
 Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
 `ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision;
-without it, transformers' default: every layer it can checkpoint).
+without it, transformers' default: every layer it can checkpoint), `ours:compile` (the vision blocks
+compiled, `torch.compile`).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds the profiler's top kernels of one step.
@@ -34,7 +35,7 @@ from loss_bench import published_from_logits  # noqa: E402
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import use_fast_vision_attention  # noqa: E402
-from cogip.models.blocks import apply_liger, set_checkpointing  # noqa: E402
+from cogip.models.blocks import apply_liger, compile_blocks, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
@@ -115,6 +116,8 @@ def main():
         model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)), fp32_adapters=not cuda)
         if opts.get("ckpt") not in (None, "none"):
             print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"]), flush=True)
+        if "compile" in opts:
+            compile_blocks(model, fam, "vision")
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)

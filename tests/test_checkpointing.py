@@ -88,3 +88,25 @@ def test_enable_first(tiny_models):
     model = fam.load_model(tiny_models["gemma"], dtype=torch.float32)
     with pytest.raises(CogipError, match="enable gradient checkpointing"):
         checkpointing.set_checkpointing(model, fam, "language")
+
+
+@pytest.mark.parametrize("family,expected", [
+    ("qwen", {"Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"}),
+    ("llama", {"MllamaSelfAttentionDecoderLayer", "MllamaCrossAttentionDecoderLayer", "MllamaVisionEncoderLayer"}),
+    ("gemma", {"Gemma3DecoderLayer", "SiglipEncoderLayer"})])
+def test_zero3_gathers_by_block(tiny_models, family, expected, monkeypatch):
+    """Under ZeRO-3 every repeated block (LoRA inside) is marked for DeepSpeed as one gathering unit."""
+    import sys
+    import types
+    marked = []
+    fake = types.ModuleType("deepspeed.utils")
+    fake.set_z3_leaf_modules = lambda model, classes: marked.append((model, classes))
+    monkeypatch.setitem(sys.modules, "deepspeed", types.ModuleType("deepspeed"))
+    monkeypatch.setitem(sys.modules, "deepspeed.utils", fake)
+    fam = FAMILIES[family]
+    model = prepare_trainable(fam.load_model(str(tiny_models[family])), fam, ModelArguments(model_id="x"))
+    classes = checkpointing.zero3_leaf_blocks(model, fam)
+    assert {c.__name__ for c in classes} == expected and marked == [(model, classes)]
+    lora_inside = [n for n, m in model.named_modules() if isinstance(m, tuple(classes))
+                   and any("lora_A" in k for k, _ in m.named_modules())]
+    assert lora_inside   # the LoRA layers are gathered with their block

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import use_fast_vision_attention
-from ..models.blocks import apply_liger, parse_parts, set_checkpointing
+from ..models.blocks import apply_liger, parse_parts, set_checkpointing, zero3_leaf_blocks
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -145,6 +145,9 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
+    from transformers.integrations import is_deepspeed_zero3_enabled
+    if is_deepspeed_zero3_enabled():
+        zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
