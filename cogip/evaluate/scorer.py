@@ -251,7 +251,9 @@ class _PerThread:
         setattr(obj.__dict__.setdefault("_cogip_threads", threading.local()), self.name, value)
 
 
-PER_CALL_STATE = ("rope_deltas",)   # kept on the module between prefill and decoding (Qwen2.5-VL)
+# Qwen2.5-VL writes its position offsets on the module at prefill; transformers 5.24's `generate` then
+# carries positions in its own kwargs, but other versions read them back while decoding
+PER_CALL_STATE = ("rope_deltas",)
 
 
 def _per_thread_state(model) -> None:
