@@ -62,6 +62,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert (tmp_path / mode / "summary.png").is_file()
         timing = json.loads((tmp_path / mode / "timing.json").read_text())
         assert timing["items"] == 32 and timing["images_per_s"] > 0 and timing["mode"] == mode
+        assert 0 < timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]
@@ -124,7 +125,7 @@ def test_sampling_is_reproducible_and_independent():
 class Interrupting:
     """A scorer that is 'killed' after a number of batches."""
 
-    answer_stream = Scorer.answer_stream
+    answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_threads
 
     def __init__(self, scorer, batches):
         self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
@@ -186,6 +187,8 @@ def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
         sys.setswitchinterval(interval)
     assert [n for n, _ in together] == list(range(len(batches)))
     assert together == alone
+    threads = scorer._pool
+    assert list(scorer.answer_stream(stream(), depth=3)) == alone and scorer._pool is threads   # kept
     if mode == "expected":
         assert sum(a.spread is not None for _, answers in alone for a in answers) >= 4   # real values compared
 

@@ -166,9 +166,15 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                                          prefetch_factor=2 if num_workers else None)
-    jobs = (((name, chunk), batch, get_dimension(name), mode) for name, chunk, batch in loader)
+    seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
+
+    def jobs():
+        for name, chunk, batch in loader:
+            seen.setdefault("first_batch_s", time.perf_counter() - started)
+            yield (name, chunk), batch, get_dimension(name), mode
+
     first_answers = None
-    for (name, chunk), answers in scorer.answer_stream(jobs, depth=pipeline):
+    for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
         first_answers = first_answers or time.perf_counter() - started
         items = plan[name][0]
         append_jsonl(out / name / shard, [{
@@ -184,6 +190,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
     write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
                                      "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
+                                     "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None})
     summary = {}

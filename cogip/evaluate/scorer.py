@@ -17,7 +17,7 @@ host-side work overlaps another's kernels.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import math
 import os
 import threading
@@ -148,7 +148,7 @@ class Scorer:
         `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
         position ids, the answer parsing) and then launches what follows; another batch's kernels fill
         those gaps. Exact: every batch runs the same computation as alone (compilation is serialised by
-        torch itself)."""
+        torch itself). The threads stay for later calls (`_answer_threads`)."""
         if depth <= 1:
             for key, batch, dim, mode in jobs:
                 yield key, self.answer_prepared(batch, dim, mode)
@@ -157,22 +157,16 @@ class Scorer:
         cuda = self.model.device.type == "cuda"
         if cuda:
             torch.cuda.synchronize(self.model.device)
-        local, slots = threading.local(), itertools.count()
-        streams = self.__dict__.setdefault("_streams", [])   # kept across calls: the allocator caches per stream
+        pool, local = self._answer_threads(depth)
 
         def run(batch, dim, mode):
-            if not cuda:
-                return self.answer_prepared(batch, dim, mode)
-            if not hasattr(local, "stream"):
-                slot = next(slots)
-                while len(streams) <= slot:
-                    streams.append(torch.cuda.Stream(self.model.device))
-                local.stream = streams[slot]
-            with torch.cuda.stream(local.stream):
+            if cuda and not hasattr(local, "stream"):
+                local.stream = torch.cuda.Stream(self.model.device)
+            with torch.cuda.stream(local.stream) if cuda else contextlib.nullcontext():
                 return self.answer_prepared(batch, dim, mode)
 
-        with ThreadPoolExecutor(depth, thread_name_prefix="cogip-answer") as pool:
-            pending: deque = deque()
+        pending: deque = deque()
+        try:
             for key, batch, dim, mode in jobs:
                 pending.append((key, pool.submit(run, batch, dim, mode)))
                 while len(pending) >= depth:
@@ -181,6 +175,20 @@ class Scorer:
             while pending:
                 key, done = pending.popleft()
                 yield key, done.result()
+        finally:
+            for _, left in pending:   # interrupted: let what runs finish, so the next call starts clean
+                left.cancel() or left.exception()
+
+    def _answer_threads(self, depth: int):
+        """The threads (and their CUDA streams) that answer batches, kept across calls: torch caches
+        cuDNN attention plans per thread, and the allocator caches memory per stream, so new ones
+        would build and allocate again for every run."""
+        if getattr(self, "_pool_depth", None) != depth:
+            if getattr(self, "_pool", None) is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(depth, thread_name_prefix="cogip-answer")
+            self._pool_local, self._pool_depth = threading.local(), depth
+        return self._pool, self._pool_local
 
     # ------------------------------------------------------------------ expected mode
     def _label_trie(self, dim: Dimension) -> list[tuple[str, list[int]]]:
