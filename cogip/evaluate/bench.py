@@ -155,8 +155,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
               for s in range(0, len(mine), batch_size)]
     if num_workers and chunks and batch_size >= 8:
-        # ramp up: the first batch split in quarters, a quarter and a half (each prepared by its own worker),
-        # so the device starts after a quarter of a batch's preparation instead of a whole one
+        # ramp up: the first batch split into a quarter, a quarter and a half, each prepared by its own
+        # worker, so the device starts after a quarter of a batch's preparation instead of a whole one
         name, first = chunks[0]
         q = batch_size // 4
         chunks[:1] = [(name, part) for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
