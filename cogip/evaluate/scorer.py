@@ -60,6 +60,7 @@ class Scorer:
         self.max_new_tokens = max_new_tokens
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
+        self._columns: dict[str, tuple] = {}
 
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
@@ -118,16 +119,18 @@ class Scorer:
             raise CogipError(f"scoring mode must be generate or expected, not {mode!r}")
         dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
         new, logits = self._generate(batch, with_scores=mode == "expected")
+        if mode == "expected":   # the few columns the scores read, normalised over the vocabulary: one transfer
+            cols, spans, at = self._score_columns(dim)
+            logp = (logits[..., cols.to(logits.device)] - logits.logsumexp(-1, keepdim=True)).cpu()
         stop = self._end_ids()
         answers = []
-        for b in range(new.shape[0]):
-            ids = new[b].tolist()
+        for b, ids in enumerate(new.tolist()):
             n = next((i for i, t in enumerate(ids) if t in stop), len(ids))
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
             parsed = parse_answer(text, dim)
             ans = Answer(text, parsed.label, parsed.score, parsed.ok, parsed.error)
             if mode == "expected" and parsed.ok:
-                self._expect(ans, ids[:n], logits[b, :n], dim)
+                self._expect(ans, ids[:n], logp[b, :n], dim, spans, at)
             answers.append(ans)
         return answers
 
@@ -155,7 +158,7 @@ class Scorer:
             return
         _per_thread_state(self.model)
         cuda = self.model.device.type == "cuda"
-        if cuda:
+        if cuda:   # the other streams read weights written on the default one
             torch.cuda.synchronize(self.model.device)
         pool, local = self._answer_threads(depth)
 
@@ -197,15 +200,29 @@ class Scorer:
                                            for lab in dim.labels]
         return self._label_tries[dim.name]
 
-    def _expect(self, ans: Answer, ids: list[int], logits: torch.Tensor, dim: Dimension) -> None:
-        logp = torch.log_softmax(logits, -1)                  # [n, V]
+    def _score_columns(self, dim: Dimension) -> tuple[torch.Tensor, dict[int, slice], dict[int, int]]:
+        """Vocabulary ids whose log-probabilities expected mode reads: the number tokens (class k at
+        spans[k], in value order) and the dimension's label tokens (token id -> column at[id])."""
+        if dim.name not in self._columns:
+            ids, spans = [], {}
+            for k, cls in sorted(self.numbers.classes.items()):
+                spans[k] = slice(len(ids), len(ids) + len(cls))
+                ids += cls.tolist()
+            labels = sorted({t for _, lids in self._label_trie(dim) for t in lids})
+            at = {t: len(ids) + j for j, t in enumerate(labels)}
+            self._columns[dim.name] = (torch.tensor(ids + labels), spans, at)
+        return self._columns[dim.name]
+
+    def _expect(self, ans: Answer, ids: list[int], logp: torch.Tensor, dim: Dimension, spans: dict[int, slice],
+                at: dict[int, int]) -> None:
+        """logp [n, columns] on the CPU: log-probabilities of the `_score_columns` at each answer step."""
         tokens = self.tokenizer.convert_ids_to_tokens(ids)
         # label probabilities: labels start at the answer's first token
         probs: dict[str, float] = {}
         for label, lids in self._label_trie(dim):
             total, j = 0.0, 0
             while j < len(lids) and j < len(ids) and (j == 0 or ids[j - 1] == lids[j - 1]):
-                total += logp[j, lids[j]].item()
+                total += logp[j, at[lids[j]]].item()
                 j += 1
             if j == len(lids):
                 probs[label] = math.exp(total)
@@ -232,9 +249,8 @@ class Scorer:
         for i in int_part + frac_part:
             k = int(length[ids[i]])
             exponent -= k
-            cls = self.numbers.classes[k].to(logp.device)
-            p = torch.softmax(logp[i, cls], -1)
-            values = torch.arange(10 ** k, device=p.device, dtype=p.dtype)
+            p = torch.softmax(logp[i, spans[k]], -1)
+            values = torch.arange(10 ** k, dtype=p.dtype)
             m = (p * values).sum().item()
             v = (p * values ** 2).sum().item() - m * m
             mean += m * 10.0 ** exponent
