@@ -20,6 +20,16 @@ def _nan_to_none(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else float(x)
 
 
+def _spearman_rows(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman ρ of every resample at once (Pearson of average ranks, as `stats.spearmanr`): the
+    bootstrap's 1000 resamples in a few array operations instead of 1000 calls."""
+    ra, rb = stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis)
+    ra = ra - ra.mean(axis=axis, keepdims=True)
+    rb = rb - rb.mean(axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):   # a constant resample: ρ undefined (nan), as spearmanr
+        return (ra * rb).sum(axis) / np.sqrt((ra * ra).sum(axis) * (rb * rb).sum(axis))
+
+
 def spearman_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int = 1000, seed: int = 0,
                 level: float = 0.95) -> tuple[float | None, float | None]:
     """Percentile bootstrap CI of Spearman ρ, resampling (pred, ref) pairs together."""
@@ -27,8 +37,8 @@ def spearman_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int = 1000, seed
         return None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = stats.bootstrap((pred, ref), lambda a, b: stats.spearmanr(a, b)[0], paired=True,
-                              vectorized=False, n_resamples=n_resamples, confidence_level=level,
+        res = stats.bootstrap((pred, ref), _spearman_rows, paired=True,
+                              vectorized=True, n_resamples=n_resamples, confidence_level=level,
                               method="percentile", random_state=np.random.default_rng(seed))
     return _nan_to_none(res.confidence_interval.low), _nan_to_none(res.confidence_interval.high)
 

@@ -32,6 +32,22 @@ def test_bootstrap_ci_brackets_rho():
     assert lo < m["spearman"] < hi and 0.05 < hi - lo < 0.4
 
 
+def test_resampled_spearman_matches_scipy_row_by_row():
+    # the bootstrap's vectorised statistic: ties (average ranks) and a constant resample (nan) as spearmanr
+    import numpy as np
+    from scipy import stats
+    from cogip.metrics import _spearman_rows
+    rng = np.random.default_rng(2)
+    a = np.round(rng.uniform(0, 5, (50, 30)))
+    b = np.round(a + rng.normal(0, 2, (50, 30)))
+    a[7] = 3.0
+    got = _spearman_rows(a, b)
+    want = np.array([stats.spearmanr(x, y)[0] for x, y in zip(a, b)])
+    assert np.isnan(got[7]) and np.isnan(want[7])
+    np.testing.assert_allclose(np.delete(got, 7), np.delete(want, 7), rtol=0, atol=1e-12)
+    assert len(np.unique(np.round(got[~np.isnan(got)], 6))) > 40   # real spread of values, not one repeated
+
+
 def test_constant_prediction_has_no_correlation():
     m = compute_metrics([5.0, 5.0, 5.0], [1.0, 2.0, 3.0], "Aesthetics")
     assert m["spearman"] is None and m["pearson"] is None and m["mae"] == pytest.approx(3.0)
