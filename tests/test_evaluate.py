@@ -129,6 +129,7 @@ class Interrupting:
 
     def __init__(self, scorer, batches):
         self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
+        self.compiled = False
 
     def answer_prepared(self, *args):
         if self.left == 0:
@@ -193,6 +194,53 @@ def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
         assert sum(a.spread is not None for _, answers in alone for a in answers) >= 4   # real values compared
 
 
+def test_bad_image_met_by_the_loader_first_is_the_checks_one_line(tiny_models, synth_bench, tmp_path):
+    # the images are checked in the background while the first batches run: the first (quarter) batch is
+    # prepared in this process and meets the missing image at once, a loader worker meets the corrupt one
+    from cogip.errors import CogipError
+    bench = _broken(synth_bench, tmp_path)
+    images = bench / "cognition/cognition_images/Aesthetics"
+    (images / "000016.jpg").unlink()                         # test item 0
+    (images / "000021.jpg").write_bytes(b"not a jpeg")       # test item 5
+    scorer = Scorer.load(str(tiny_models["qwen"]), max_new_tokens=4)
+    with pytest.raises(CogipError) as e:
+        run_benchmark(scorer, bench / "test_msg_file", bench / "cognition/cognition_images", tmp_path / "out",
+                      dims=["Aesthetics"], batch_size=8, num_workers=2)
+    assert str(e.value).startswith(f"{images / '000016.jpg'}: item Aesthetics item 0: image not found (and 1 more)")
+    assert "\n" not in str(e.value)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_with_compiled_parts_a_new_batch_shape_runs_alone(trained, synth_bench):
+    # compiling patches torch.nn.Module.__call__ process-wide while it traces: no other batch may run then
+    import threading
+    import time
+    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4)
+    scorer.compiled = True   # as after compile_blocks; the scheduling is what is tested here
+    images = synth_bench / "cognition/cognition_images/Aesthetics"
+    sizes = [2, 2, 2, 3, 3, 3, 2, 1]
+    batches = [scorer.prepare([open_image(images / f"{k:06d}.jpg") for k in range(n)], [get_dimension("Aesthetics").prompt] * n)
+               for n in sizes]
+    spans, real = [], scorer.answer_prepared
+
+    def timed(batch, dim, mode):
+        start = time.perf_counter()
+        time.sleep(0.2)   # long enough that batches in flight together overlap
+        out = real(batch, dim, mode)
+        spans.append((len(out), start, time.perf_counter(), threading.get_ident()))
+        return out
+
+    scorer.answer_prepared = timed
+    got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
+    assert [j for j, _ in got] == list(range(len(sizes))) and [len(a) for _, a in got] == sizes
+    spans.sort(key=lambda s: s[1])
+    overlaps = lambda a, b: a[1] < b[2] and b[1] < a[2]
+    firsts = [next(s for s in spans if s[0] == n) for n in (2, 3, 1)]
+    for first in firsts:
+        assert not any(overlaps(first, other) for other in spans if other is not first)
+    assert any(overlaps(a, b) for a in spans for b in spans if a is not b)   # the rest still overlap
+
+
 def test_parse_failures_are_counted(tiny_models, synth_bench, tmp_path):
     run = cog_test("gemma", tiny_models["gemma"], synth_bench, tmp_path / "raw", MODE="generate")
     assert run.returncode == 0, run.stderr[-2000:]
@@ -244,4 +292,4 @@ def test_bad_input_one_line_nothing_written(trained, tiny_models, synth_bench, t
     assert run.returncode == 2, run.stderr[-2000:]
     err = [line for line in run.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and message in err[0] and "Traceback" not in run.stderr
-    assert not list((tmp_path / "out").rglob("metrics.json"))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]   # not a record, not a run file

@@ -34,12 +34,13 @@ def _problem(pair) -> str | None:
 
 
 def check_images(paths: Iterable[tuple[str | os.PathLike, str | int | None]], desc: str = "check images",
-                 workers: int | None = None) -> list[str]:
+                 workers: int | None = None, progress: bool = True) -> list[str]:
     """Decode every (path, item) pair, on a thread pool (decoding releases the GIL); returns one error
     line per bad image, in input order (empty when all are fine)."""
     from concurrent.futures import ThreadPoolExecutor
     pairs = list(paths)
     workers = workers or min(16, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        found = list(tqdm(pool.map(_problem, pairs, chunksize=8), total=len(pairs), desc=desc, leave=False))
+        found = list(tqdm(pool.map(_problem, pairs, chunksize=8), total=len(pairs), desc=desc, leave=False,
+                               disable=not progress))
     return [p for p in found if p]

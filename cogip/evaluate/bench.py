@@ -17,11 +17,13 @@ own records file, and rank 0 gathers them in item order.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -129,27 +131,17 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         items = read_test_messages(test_dir / name / f"{name}_messages.json", test_dir / name / f"{name}_scores.json",
                                    name)
         plan[name] = (items, sample_indices(len(items), sample_n, seed, name))
-    problems = check_images([(image_root / items[i].image, f"{name} item {i}")
-                             for name, (items, idx) in plan.items() for i in idx], desc="check images")
-    if problems:
-        raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    pairs = [(image_root / items[i].image, f"{name} item {i}") for name, (items, idx) in plan.items() for i in idx]
 
     info = {"mode": mode, "seed": seed, "sample_n": sample_n, **(run_info or {})}
     todo = {}
     for name, (items, indices) in plan.items():
-        folder = out / name
-        folder.mkdir(parents=True, exist_ok=True)
-        run_file = folder / "run.json"
+        run_file = out / name / "run.json"
         if run_file.is_file() and json.loads(run_file.read_text()) != {**info, "indices": indices}:
             raise CogipError("this output folder holds a different run (model, mode or sample); use a new --out",
                              file=str(run_file))
-        if is_main:
-            write_json(run_file, {**info, "indices": indices})
-            write_json(folder / "sample.json", indices)
-        finished = read_records(folder)
+        finished = read_records(out / name)
         todo[name] = [i for i in indices if i not in finished]
-    if accelerator:
-        accelerator.wait_for_everyone()
 
     # one loader over every dimension's batches: its workers start once and stay ahead across dimensions
     chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
@@ -163,25 +155,57 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     started = time.perf_counter()
-    loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
-                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                         prefetch_factor=2 if num_workers else None)
+    batches = _Batches(scorer, chunks, plan, image_root)
+    # with loader workers, the first (quarter) batch is prepared here while they start and take the next ones
+    head = 1 if num_workers and chunks else 0
+    rest = torch.utils.data.DataLoader(torch.utils.data.Subset(batches, range(head, len(chunks))), batch_size=None,
+                                       num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                       prefetch_factor=2 if num_workers else None)
+    prepared = iter(rest) if len(chunks) > head else iter(())   # the workers start (fork) now, before any
+    #                                                                  thread of this run does
+    # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
+    # written until the check has passed: a bad image still stops the run before any output, in one line.
+    check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
+    checking = check.submit(check_images, pairs, progress=False)
+    check.shutdown(wait=False)   # the thread ends with the check
+    checked = False
+
+    def passed_check() -> None:
+        nonlocal checked
+        if checked:
+            return
+        problems = checking.result()
+        if problems:
+            raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        checked = True
+        for name, (_, indices) in plan.items():
+            (out / name).mkdir(parents=True, exist_ok=True)
+            if is_main:
+                write_json(out / name / "run.json", {**info, "indices": indices})
+                write_json(out / name / "sample.json", indices)
+
     seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
 
     def jobs():
-        for name, chunk, batch in loader:
+        for name, chunk, batch in itertools.chain((batches[j] for j in range(head)), prepared):
             seen.setdefault("first_batch_s", time.perf_counter() - started)
             yield (name, chunk), batch, get_dimension(name), mode
 
     first_answers = None
-    for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
-        first_answers = first_answers or time.perf_counter() - started
-        items = plan[name][0]
-        append_jsonl(out / name / shard, [{
-            "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
-            "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
-            "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
-        bar.update(len(chunk))
+    try:
+        for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
+            first_answers = first_answers or time.perf_counter() - started
+            passed_check()
+            items = plan[name][0]
+            append_jsonl(out / name / shard, [{
+                "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
+                "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
+                "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+            bar.update(len(chunk))
+    except Exception:
+        passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
+        raise
+    passed_check()   # also when nothing was left to answer
     bar.close()
     if accelerator:
         accelerator.wait_for_everyone()
