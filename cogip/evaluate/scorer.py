@@ -56,7 +56,8 @@ class Scorer:
         self.model, self.processor, self.family = model.eval(), processor, family
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
-        compile_blocks(model, family, compile)   # fuses elementwise work (docs/benchmarks.md); "none": nothing
+        self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
+        self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self.max_new_tokens = max_new_tokens
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
@@ -151,7 +152,11 @@ class Scorer:
         `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
         position ids, the answer parsing) and then launches what follows; another batch's kernels fill
         those gaps. Exact: every batch runs the same computation as alone (compilation is serialised by
-        torch itself). The threads stay for later calls (`_answer_threads`)."""
+        itself). The threads stay for later calls (`_answer_threads`).
+
+        With compiled parts, a batch of a shape they have not run yet runs alone: compiling traces the
+        model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
+        another thread's model calls would run into."""
         if depth <= 1:
             for key, batch, dim, mode in jobs:
                 yield key, self.answer_prepared(batch, dim, mode)
@@ -171,8 +176,17 @@ class Scorer:
         pending: deque = deque()
         try:
             for key, batch, dim, mode in jobs:
+                shape = tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
+                if self.compiled and shape not in self._compiled_shapes:
+                    while pending:   # may compile: alone
+                        done_key, done = pending.popleft()
+                        yield done_key, done.result()
+                    answers = pool.submit(run, batch, dim, mode).result()
+                    self._compiled_shapes.add(shape)
+                    yield key, answers
+                    continue
                 pending.append((key, pool.submit(run, batch, dim, mode)))
-                while len(pending) >= depth:
+                while len(pending) > depth:   # one more than the threads, queued: none waits for this loop
                     key, done = pending.popleft()
                     yield key, done.result()
             while pending:
