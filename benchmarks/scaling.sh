@@ -19,12 +19,12 @@ fi
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
 common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
         REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
-sft() {   # sft DS_CONFIG_NAME GPUS
-  local ds=$1 g=$2 run="sft_$1_$2gpu" dsarg=(DS_CONFIG=sft/deepspeed/$1.json)
+sft() {   # sft DS_CONFIG_NAME GPUS [CHECKPOINT_PARTS]; configs from DS_DIR (default sft/deepspeed)
+  local ds=$1 g=$2 parts=${3:-} run="sft_$1_$2gpu${3:+_ckpt-$3}" dsarg=(DS_CONFIG=${DS_DIR:-sft/deepspeed}/$1.json)
   [ "$ds" = none ] && dsarg=(DS_CONFIG=)
   echo "=== $run"
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
-    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" \
+    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} \
     bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no > "$OUT/$run.log" 2>&1; echo "rc=$?"
   grep "cogip sft:" "$OUT/$run.log" | tail -n 2
   [ -f "$W/$run/cogip_train.json" ] && cp "$W/$run/cogip_train.json" "$OUT/$run.json"
@@ -37,12 +37,24 @@ evaluate() {   # evaluate GPUS
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, ZeRO-3 last (its one-GPU run measures ZeRO-3's own overhead; the
-# scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run)
-# RUNS picks a subset, e.g. RUNS="sft_zero2_1gpu sft_zero3_2gpu"
-want() { [ -z "${RUNS:-}" ] || [[ " $RUNS " == *" $1 "* ]]; }
-for g in "${gpus[@]}"; do want "sft_${ds_configs[0]}_${g}gpu" && sft "${ds_configs[0]}" "$g"; done
-for g in "${gpus[@]}"; do want "eval_${g}gpu" && evaluate "$g"; done
-for ds in "${ds_configs[@]:1}"; do for g in "${gpus[@]}"; do want "sft_${ds}_${g}gpu" && sft "$ds" "$g"; done; done
+# scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run).
+# RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>] or eval_<G>gpu,
+# e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu sft_zero3_2gpu:vision eval_2gpu"
+if [ -n "${RUNS:-}" ]; then
+  for r in $RUNS; do
+    case $r in
+      sft_*) spec=${r#sft_}; parts=${spec#*:}; [ "$parts" = "$spec" ] && parts=; spec=${spec%%:*}
+             g=${spec##*_}; sft "${spec%_*}" "${g%gpu}" "$parts" ;;
+      eval_*) g=${r#eval_}; evaluate "${g%gpu}" ;;
+      none) ;;
+      *) echo "unknown run $r" ;;
+    esac
+  done
+else
+  for g in "${gpus[@]}"; do sft "${ds_configs[0]}" "$g"; done
+  for g in "${gpus[@]}"; do evaluate "$g"; done
+  for ds in "${ds_configs[@]:1}"; do for g in "${gpus[@]}"; do sft "$ds" "$g"; done; done
+fi
 $PY - "$W" "$OUT" <<'PY'
 import json, sys, glob, os
 w, out = sys.argv[1:]

@@ -110,3 +110,20 @@ def test_zero3_gathers_by_block(tiny_models, family, expected, monkeypatch):
     lora_inside = [n for n, m in model.named_modules() if isinstance(m, tuple(classes))
                    and any("lora_A" in k for k, _ in m.named_modules())]
     assert lora_inside   # the LoRA layers are gathered with their block
+
+
+def test_zero3_prefetch_bucket_is_the_largest_block(tiny_models):
+    """An "auto" prefetch bucket becomes the largest block's parameter count (LoRA included); a number
+    the user set is kept."""
+    fam = FAMILIES["qwen"]
+    model = prepare_trainable(fam.load_model(str(tiny_models["qwen"])), fam, ModelArguments(model_id="x"))
+    layer = model.base_model.model.model.language_model.layers[0]
+    vision = model.base_model.model.model.visual.blocks[0]
+    want = max(sum(p.numel() for p in b.parameters()) for b in (layer, vision))
+    assert want > sum(p.numel() for p in layer.mlp.parameters())
+    config = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": "auto"}}
+    assert checkpointing.zero3_prefetch_blocks(config, model, fam) == want
+    assert config["zero_optimization"]["stage3_prefetch_bucket_size"] == want
+    mine = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 12345}}
+    assert checkpointing.zero3_prefetch_blocks(mine, model, fam) is None
+    assert mine["zero_optimization"]["stage3_prefetch_bucket_size"] == 12345

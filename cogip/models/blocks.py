@@ -81,6 +81,20 @@ def zero3_leaf_blocks(model, family: Family) -> list[type]:
     return classes
 
 
+def zero3_prefetch_blocks(ds_config: dict, model, family: Family) -> int | None:
+    """Size ZeRO-3's prefetch bucket to the largest repeated block, where the config leaves it "auto":
+    with blocks as leaf units (`zero3_leaf_blocks`), the next block's gather then runs whole behind the
+    current block's compute. transformers' "auto" (0.9·hidden², 11.6M for Qwen-7B) is ~5% of a 233M-parameter
+    decoder layer, so each block's gather waited in front of its compute. Returns the size set, or None."""
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("stage3_prefetch_bucket_size") != "auto":
+        return None
+    size = max(sum(getattr(p, "ds_numel", p.numel()) for p in block.parameters())   # partitioned: ds_numel
+               for _, block, _ in repeated_blocks(model, family))
+    zero["stage3_prefetch_bucket_size"] = size
+    return size
+
+
 def apply_liger(model, config: dict | None = None) -> None:
     """Liger's fused Triton kernels (RMSNorm, LayerNorm, SwiGLU/GeGLU, RoPE) on a loaded model, before
     PEFT wraps it (PEFT's trained copies of the vision tower then inherit them). The soft-label loss

@@ -21,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import use_fast_vision_attention
-from ..models.blocks import apply_liger, parse_parts, set_checkpointing, zero3_leaf_blocks
+from ..models.blocks import apply_liger, parse_parts, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -148,6 +148,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     from transformers.integrations import is_deepspeed_zero3_enabled
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
+        zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
