@@ -5,7 +5,8 @@ processor, batched generation, parsing, JSONL records, metrics, plots). `--varia
 the loop, each on a freshly built model at the largest batch size, with options joined by "+":
 `liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
-`--pipeline N`; 1 otherwise). `base` is the loop with none of them.
+`--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`).
+`base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
     python benchmarks/eval_bench.py --cpu-smoke --out DIR
@@ -102,7 +103,8 @@ def main():
             apply_liger(model)
         compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
-        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts)
+        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
+                        cudnn_attention="cudnn" in options)
         if variant == "base":
             sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
                                images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
@@ -114,13 +116,18 @@ def main():
         for mode in ("generate", "expected"):
             for bs in (sizes if variant == "base" else sizes[-1:]):
                 tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
-                run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs, mode=mode,
-                              num_workers=workers, sample_n=bs * pipeline, pipeline=pipeline)
-                sync()
-                t = time.perf_counter()
-                run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs, mode=mode,
-                              num_workers=workers, pipeline=pipeline)
-                sync()
+                try:
+                    run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
+                                  mode=mode, num_workers=workers, sample_n=bs * pipeline, pipeline=pipeline)
+                    sync()
+                    t = time.perf_counter()
+                    run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,
+                                  mode=mode, num_workers=workers, pipeline=pipeline)
+                    sync()
+                except Exception as e:   # recorded; the other variants still run
+                    results[f"{tag}_error"] = f"{type(e).__name__}: {e}"[:500]
+                    print(tag, "failed:", results[f"{tag}_error"], flush=True)
+                    continue
                 results[f"{tag}_img_s"] = n / (time.perf_counter() - t)
                 results[f"{tag}_loop"] = json.loads((out / f"run_{tag}" / "timing.json").read_text())
                 print(tag, round(results[f"{tag}_img_s"], 3), "images/s", flush=True)

@@ -125,11 +125,12 @@ def test_sampling_is_reproducible_and_independent():
 class Interrupting:
     """A scorer that is 'killed' after a number of batches."""
 
-    answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_threads
+    answer_stream, _answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_stream, Scorer._answer_threads
+    _attention_backends = Scorer._attention_backends
 
     def __init__(self, scorer, batches):
         self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
-        self.compiled = False
+        self.compiled, self.cudnn_attention = False, False
 
     def answer_prepared(self, *args):
         if self.left == 0:
@@ -195,8 +196,8 @@ def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
 
 
 def test_bad_image_met_by_the_loader_first_is_the_checks_one_line(tiny_models, synth_bench, tmp_path):
-    # the images are checked in the background while the first batches run: the first (quarter) batch is
-    # prepared in this process and meets the missing image at once, a loader worker meets the corrupt one
+    # the images are checked in the background while the first batches run: the loader's workers may meet
+    # the missing or the corrupt image first
     from cogip.errors import CogipError
     bench = _broken(synth_bench, tmp_path)
     images = bench / "cognition/cognition_images/Aesthetics"

@@ -17,7 +17,6 @@ own records file, and rank 0 gathers them in item order.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -155,18 +154,15 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     started = time.perf_counter()
-    batches = _Batches(scorer, chunks, plan, image_root)
-    # with loader workers, the first (quarter) batch is prepared here while they start and take the next ones
-    head = 1 if num_workers and chunks else 0
-    rest = torch.utils.data.DataLoader(torch.utils.data.Subset(batches, range(head, len(chunks))), batch_size=None,
-                                       num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                       prefetch_factor=2 if num_workers else None)
-    prepared = iter(rest) if len(chunks) > head else iter(())   # the workers start (fork) now, before any
-    #                                                                  thread of this run does
+    loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                         prefetch_factor=2 if num_workers else None)
+    prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
     # written until the check has passed: a bad image still stops the run before any output, in one line.
     check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
-    checking = check.submit(check_images, pairs, progress=False)
+    # a few threads: the loader's workers need the cores more at the start
+    checking = check.submit(check_images, pairs, workers=min(4, os.cpu_count() or 1), progress=False)
     check.shutdown(wait=False)   # the thread ends with the check
     checked = False
 
@@ -187,7 +183,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
 
     def jobs():
-        for name, chunk, batch in itertools.chain((batches[j] for j in range(head)), prepared):
+        for name, chunk, batch in prepared:
             seen.setdefault("first_batch_s", time.perf_counter() - started)
             yield (name, chunk), batch, get_dimension(name), mode
 

@@ -52,8 +52,14 @@ class Answer:
 
 
 class Scorer:
-    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none"):
+    def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none",
+                 cudnn_attention: bool = False):
         self.model, self.processor, self.family = model.eval(), processor, family
+        # cuDNN's fused attention builds (and compiles) a plan for every new shape in every thread, with
+        # memory outside PyTorch's allocator; decoding meets a new shape at every step. On an H100 that
+        # made the first batches seconds slower and, with batches in flight, failed intermittently
+        # (`mha_graph.execute(...).is_good()`, pytorch#190321). Flash and memory-efficient SDPA have no plans.
+        self.cudnn_attention = cudnn_attention
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
@@ -95,12 +101,21 @@ class Scorer:
         return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and dtype in LOW_PRECISION else v
                 for k, v in batch.items()}
 
+    def _attention_backends(self):
+        """SDPA without cuDNN's backend while answering (see __init__). The choice is process-wide in torch,
+        so `answer_stream` holds it for the whole stream and the batches in flight all see the same."""
+        if self.cudnn_attention or self.model.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
     @torch.no_grad()
     def _generate(self, batch: dict, with_scores: bool):
         batch = {k: v.to(self.model.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-        out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  return_dict_in_generate=True, output_logits=with_scores,
-                                  pad_token_id=self.tokenizer.pad_token_id)
+        with self._attention_backends():
+            out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      return_dict_in_generate=True, output_logits=with_scores,
+                                      pad_token_id=self.tokenizer.pad_token_id)
         new = out.sequences[:, batch["input_ids"].shape[1]:]
         logits = torch.stack(out.logits, 1).float() if with_scores else None   # [B, steps, V]
         return new, logits
@@ -157,6 +172,10 @@ class Scorer:
         With compiled parts, a batch of a shape they have not run yet runs alone: compiling traces the
         model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
         another thread's model calls would run into."""
+        with self._attention_backends():
+            yield from self._answer_stream(jobs, depth)
+
+    def _answer_stream(self, jobs: Iterable[tuple], depth: int) -> Iterator[tuple]:
         if depth <= 1:
             for key, batch, dim, mode in jobs:
                 yield key, self.answer_prepared(batch, dim, mode)
