@@ -127,8 +127,11 @@ class StepTimes(TrainerCallback):
         if not steady:
             return {}
         med = statistics.median(steady)
-        return {"median_step_s": round(med, 4), "samples_per_s": round(samples_per_step / med, 3),
-                "steps_timed": len(steady), "samples_per_step": samples_per_step}
+        out = {"median_step_s": round(med, 4), "samples_per_s": round(samples_per_step / med, 3),
+               "steps_timed": len(steady), "samples_per_step": samples_per_step}
+        if torch.cuda.is_available():   # this rank's peak: what decides the checkpointing parts that fit
+            out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+        return out
 
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
