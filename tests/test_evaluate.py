@@ -168,26 +168,6 @@ def test_pipelined_run_resumes_after_interruption(trained, synth_bench, tmp_path
     assert run_benchmark(scorer, out=tmp_path / "killed", pipeline=3, **kw) == straight
 
 
-def test_loader_workers_are_kept_across_runs(trained, synth_bench, tmp_path):
-    scorer = Scorer.load(str(trained["qwen"]))
-    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
-              batch_size=3)
-    answers = lambda out, dim: {i: r["answer"] for i, r in read_records(out / dim).items()}
-    run_benchmark(scorer, out=tmp_path / "in_process", dims=["Memorability"], **kw)
-    run_benchmark(scorer, out=tmp_path / "first", dims=["Memorability"], num_workers=2, **kw)
-    workers = [w.pid for w in scorer._cogip_loader._iterator._workers]
-    # a run stopped mid-way (another dimension) leaves prepared batches in flight: the next must not get them
-    stopped = Interrupting(scorer, 1)
-    stopped._cogip_loader = scorer._cogip_loader
-    with pytest.raises(KeyboardInterrupt):
-        run_benchmark(stopped, out=tmp_path / "stopped", dims=["Funniness"], num_workers=2, **kw)
-    summary = run_benchmark(scorer, out=tmp_path / "again", dims=["Memorability"], num_workers=2, **kw)
-    assert [w.pid for w in scorer._cogip_loader._iterator._workers] == workers   # the same processes
-    assert answers(tmp_path / "again", "Memorability") == answers(tmp_path / "in_process", "Memorability")
-    assert answers(tmp_path / "first", "Memorability") == answers(tmp_path / "in_process", "Memorability")
-    assert len(answers(tmp_path / "again", "Memorability")) == 8 and summary["Memorability"]["n"] == 8
-
-
 @pytest.mark.parametrize("mode", ["generate", "expected"])
 def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=12)

@@ -93,44 +93,21 @@ def summary_plot(path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
-class _Prepare(torch.utils.data.Dataset):
-    """Loader workers' work: a job (dimension, item indices, (image path, item name) pairs, prompts) ->
-    its prepared batch (images decoded, processed, padded), while the device answers earlier batches."""
+class _Batches(torch.utils.data.Dataset):
+    """One element = one prepared batch (images decoded, processed, padded) of one dimension: what
+    loader workers do while the GPU answers the previous batch."""
 
-    def __init__(self, prepare):
-        self.prepare = prepare
-
-    def __getitem__(self, job):
-        name, chunk, images, prompts = job
-        return name, chunk, self.prepare([open_image(path, item) for path, item in images], prompts)
-
-
-class _Jobs(torch.utils.data.Sampler):
-    """The jobs of the current run, in order (the sampler stays in this process; workers get the jobs)."""
-
-    def __init__(self):
-        self.jobs: list[tuple] = []
-
-    def __iter__(self):
-        return iter(list(self.jobs))
+    def __init__(self, scorer, chunks: list[tuple[str, list[int]]], plan: dict, image_root: Path):
+        self.prepare, self.chunks, self.plan, self.root = scorer.prepare, chunks, plan, image_root
 
     def __len__(self):
-        return len(self.jobs)
+        return len(self.chunks)
 
-
-def batch_loader(scorer, jobs: list[tuple], num_workers: int) -> torch.utils.data.DataLoader:
-    """A loader of prepared batches for `jobs`. With workers, one loader is kept on the scorer and its
-    workers live across runs (`persistent_workers`): starting them forks the whole process, which
-    took ~0.9 s before the first batch on an H100 machine, for every run."""
-    kept = getattr(scorer, "_cogip_loader", None)
-    if num_workers and (kept is None or kept.num_workers != num_workers):
-        kept = scorer._cogip_loader = torch.utils.data.DataLoader(
-            _Prepare(scorer.prepare), sampler=_Jobs(), batch_size=None, num_workers=num_workers,
-            persistent_workers=True, pin_memory=torch.cuda.is_available(), prefetch_factor=2)
-    if num_workers:
-        kept.sampler.jobs = jobs
-        return kept
-    return torch.utils.data.DataLoader(_Prepare(scorer.prepare), sampler=jobs, batch_size=None)
+    def __getitem__(self, j):
+        name, chunk = self.chunks[j]
+        items = self.plan[name][0]
+        images = [open_image(self.root / items[i].image, f"{name} item {i}") for i in chunk]
+        return name, chunk, self.prepare(images, [items[i].prompt for i in chunk])
 
 
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
@@ -177,10 +154,10 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     started = time.perf_counter()
-    batch_jobs = [(name, chunk, [(image_root / plan[name][0][i].image, f"{name} item {i}") for i in chunk],
-                 [plan[name][0][i].prompt for i in chunk]) for name, chunk in chunks]
-    # new workers start (fork) here, before any thread of this run does
-    prepared = iter(batch_loader(scorer, batch_jobs, num_workers)) if chunks else iter(())
+    loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
+                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+                                         prefetch_factor=2 if num_workers else None)
+    prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
     # written until the check has passed: a bad image still stops the run before any output, in one line.
     check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")

@@ -166,8 +166,8 @@ class Scorer:
         depth > 1 keeps up to `depth` batches in flight, each in its own thread (and CUDA stream): HF
         `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
         position ids, the answer parsing) and then launches what follows; another batch's kernels fill
-        those gaps. Exact: every batch runs the same computation as alone (compilation is serialised by
-        itself). The threads stay for later calls (`_answer_threads`).
+        those gaps. Exact: every batch runs the same computation as alone. The threads stay for later
+        calls (`_answer_threads`).
 
         With compiled parts, a batch of a shape they have not run yet runs alone: compiling traces the
         model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
