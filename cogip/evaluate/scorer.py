@@ -195,8 +195,8 @@ class Scorer:
         pending: deque = deque()
         try:
             for key, batch, dim, mode in jobs:
-                shape = tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
-                if self.compiled and shape not in self._compiled_shapes:
+                shape = self.compiled and tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
+                if shape and shape not in self._compiled_shapes:
                     while pending:   # may compile: alone
                         done_key, done = pending.popleft()
                         yield done_key, done.result()
@@ -216,9 +216,9 @@ class Scorer:
                 left.cancel() or left.exception()
 
     def _answer_threads(self, depth: int):
-        """The threads (and their CUDA streams) that answer batches, kept across calls: torch caches
-        cuDNN attention plans per thread, and the allocator caches memory per stream, so new ones
-        would build and allocate again for every run."""
+        """The threads (and their CUDA streams) that answer batches, kept across calls: the allocator
+        caches memory per stream (and torch cuDNN attention plans per thread, with cudnn_attention),
+        so new ones would allocate and build again for every run."""
         if getattr(self, "_pool_depth", None) != depth:
             if getattr(self, "_pool", None) is not None:
                 self._pool.shutdown(wait=True)
