@@ -21,6 +21,7 @@ loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
 breakdown() { python3 benchmarks/eval_breakdown.py; }
+sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
 llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours}; }
 evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-480}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile compileall+pipe2}; cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
@@ -38,7 +39,7 @@ run_section() {
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
-    gemma|llama|evalvar|scaling|scaling_prep) section "$1" "$1" ;;
+    gemma|llama|evalvar|scaling|scaling_prep|sdpa) section "$1" "$1" ;;
   esac
 }
 # a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time

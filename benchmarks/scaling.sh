@@ -6,6 +6,7 @@
 #        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
+#   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 set -uo pipefail
 N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
@@ -19,15 +20,18 @@ fi
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
 common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
         REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
-sft() {   # sft DS_CONFIG_NAME GPUS [CHECKPOINT_PARTS]; configs from DS_DIR (default sft/deepspeed)
+sft() {   # sft DS_CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed)
   local ds=$1 g=$2 parts=${3:-} run="sft_$1_$2gpu${3:+_ckpt-$3}" dsarg=(DS_CONFIG=${DS_DIR:-sft/deepspeed}/$1.json)
+  local launcher_env=("${@:4}"); for kv in "${launcher_env[@]}"; do run+="_${kv//[^A-Za-z0-9_=.-]/-}"; done
   [ "$ds" = none ] && dsarg=(DS_CONFIG=)
   echo "=== $run"
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
-    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} \
-    bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no > "$OUT/$run.log" 2>&1; echo "rc=$?"
+    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} "${launcher_env[@]}" \
+    bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no ${PROFILE_STEP:+--profile_step $PROFILE_STEP} \
+    > "$OUT/$run.log" 2>&1; echo "rc=$?"
   grep "cogip sft:" "$OUT/$run.log" | tail -n 2
   [ -f "$W/$run/cogip_train.json" ] && cp "$W/$run/cogip_train.json" "$OUT/$run.json"
+  for f in "$W/$run"/profile_rank*.txt; do [ -f "$f" ] && cp "$f" "$OUT/${run}_$(basename "$f")"; done; true
 }
 evaluate() {   # evaluate GPUS
   local run="eval_$1gpu"; echo "=== $run"
@@ -38,13 +42,15 @@ evaluate() {   # evaluate GPUS
 }
 # ZeRO-2 first, then the evaluation, ZeRO-3 last (its one-GPU run measures ZeRO-3's own overhead; the
 # scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run).
-# RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>] or eval_<G>gpu,
-# e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu sft_zero3_2gpu:vision eval_2gpu"
+# RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>][@KEY=VALUE...] or
+# eval_<G>gpu, e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu";
+# each @KEY=VALUE is set for that run's launcher (sft/common.sh reads them)
 if [ -n "${RUNS:-}" ]; then
   for r in $RUNS; do
     case $r in
-      sft_*) spec=${r#sft_}; parts=${spec#*:}; [ "$parts" = "$spec" ] && parts=; spec=${spec%%:*}
-             g=${spec##*_}; sft "${spec%_*}" "${g%gpu}" "$parts" ;;
+      sft_*) spec=${r#sft_}; IFS=@ read -r -a kvs <<< "$spec"; spec=${kvs[0]}
+             parts=${spec#*:}; [ "$parts" = "$spec" ] && parts=; spec=${spec%%:*}
+             g=${spec##*_}; sft "${spec%_*}" "${g%gpu}" "$parts" "${kvs[@]:1}" ;;
       eval_*) g=${r#eval_}; evaluate "${g%gpu}" ;;
       none) ;;
       *) echo "unknown run $r" ;;

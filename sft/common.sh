@@ -8,6 +8,7 @@
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
+#             SDPA_BACKENDS (auto, or a comma list of cudnn, flash, efficient: the fused attention kernels allowed)
 set -euo pipefail
 SFT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$SFT_DIR/../scripts/lib.sh"
@@ -21,7 +22,8 @@ if (( NUM_GPUS > 0 )); then
   DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
   device_args=(--bf16 True --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
-               --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}")
+               --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
+               --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")
   [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")
 else   # the same script on a CPU: the demo and the tests use it unchanged
   DS_CONFIG=""

@@ -73,3 +73,30 @@ def test_family_lookup():
     assert get_family("mllama").name == "llama"
     with pytest.raises(Exception, match="unknown model family"):
         get_family("llava")
+
+
+def test_profile_timeline_unions_overlapping_intervals():
+    from cogip.profiling import _union_ns, timeline
+    assert _union_ns([(0, 10), (5, 20), (30, 40), (35, 38)]) == 30   # 0-20 and 30-40
+    assert _union_ns([]) == 0
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        x = torch.randn(64, 64)
+        (x @ x).sum()
+    tl = timeline(prof)
+    assert tl["wall_ms"] > 0 and tl["gpu_busy_ms"] == 0 and tl["gpu_idle_ms"] is None
+
+
+def test_sdpa_backends_are_switched_process_wide_and_bad_names_fail():
+    from cogip.errors import CogipError
+    from cogip.models.attention import allow_sdpa_backends
+    flags = torch.backends.cuda
+    try:
+        assert allow_sdpa_backends("flash, efficient") == ["flash", "efficient"]
+        assert (flags.cudnn_sdp_enabled(), flags.flash_sdp_enabled(), flags.mem_efficient_sdp_enabled(),
+                flags.math_sdp_enabled()) == (False, True, True, True)
+        with pytest.raises(CogipError, match="not 'flash,fast'"):
+            allow_sdpa_backends("flash,fast")
+    finally:
+        assert allow_sdpa_backends("auto") == ["cudnn", "flash", "efficient"]
+    assert flags.cudnn_sdp_enabled() and flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled()

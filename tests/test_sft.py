@@ -152,13 +152,18 @@ class BlockProbe(TrainerCallback):
 def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_path):
     probe = BlockProbe()
     run(_args(tiny_models["llama"], synth_bench, tmp_path / "parts", "--gradient_checkpointing", "True",
-              "--checkpoint_parts", "vision", "--max_steps", "4"), callbacks=[probe])
+              "--checkpoint_parts", "vision", "--max_steps", "4", "--profile_step", "3"), callbacks=[probe])
     assert probe.seen == {"language": {False}, "vision": {True}}   # Mllama's vision layers included
     info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())
     assert info["model"]["checkpoint_parts"] == "vision" and info["kernels"] == "transformers"
     speed = info["throughput"]
     assert speed["steps_timed"] == 2 and speed["samples_per_s"] == pytest.approx(
         speed["samples_per_step"] / speed["median_step_s"], rel=1e-2)
+    report = (tmp_path / "parts" / "profile_rank0.txt").read_text()
+    assert report.startswith("step 3, rank 0/1")
+    timeline = json.loads(report.split("timeline: ", 1)[1].split("\n\n", 1)[0])
+    assert 0 < timeline["wall_ms"] < 1000 * 10 * speed["median_step_s"]   # one step, not the run
+    assert "aten::mm" in report   # the operators table
     with pytest.raises(CogipError, match="checkpointing parts"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
 

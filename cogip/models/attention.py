@@ -156,3 +156,23 @@ def use_fast_vision_attention(model) -> bool:
         vision._attn_implementation = PADPAIR_NAME
         return True
     return False
+
+
+SDPA_BACKENDS = {"cudnn": torch.backends.cuda.enable_cudnn_sdp, "flash": torch.backends.cuda.enable_flash_sdp,
+                 "efficient": torch.backends.cuda.enable_mem_efficient_sdp}
+
+
+def allow_sdpa_backends(spec: str) -> list[str]:
+    """Restrict torch's SDPA to some fused kernels, process-wide: "auto" (torch's choice, all of them) or
+    a comma list of cudnn, flash, efficient. The unfused math kernel stays as the fallback for what the
+    fused ones do not take. Returns the fused kernels allowed. The choice is exact: every kernel computes
+    the same attention, to rounding."""
+    from ..errors import CogipError
+    names = list(SDPA_BACKENDS) if spec.strip() == "auto" else [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in SDPA_BACKENDS]
+    if unknown or not names:
+        raise CogipError(f"SDPA backends must be 'auto' or a comma list of {', '.join(SDPA_BACKENDS)}, not {spec!r}")
+    for name, enable in SDPA_BACKENDS.items():
+        enable(name in names)
+    torch.backends.cuda.enable_math_sdp(True)
+    return names

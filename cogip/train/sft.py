@@ -20,7 +20,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
-from ..models.attention import use_fast_vision_attention
+from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.blocks import apply_liger, parse_parts, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
@@ -45,6 +45,9 @@ class ModelArguments:
     checkpoint_parts: str = field(default="all", metadata={
         "help": "with --gradient_checkpointing: all | none | language | vision (where recomputation is worth "
                 "the memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
+    sdpa_backends: str = field(default="auto", metadata={
+        "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
+                "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
 
 
 @dataclass
@@ -60,6 +63,13 @@ class LossArguments:
     soft_lambda: float = 2.0
     soft_kernel: str = field(default="triangular", metadata={"help": "|".join(KERNELS)})
     soft_width: float = 2.0
+
+
+@dataclass
+class ProfileArguments:
+    profile_step: int | None = field(default=None, metadata={
+        "help": "profile this optimizer step (1-based): each rank writes profile_rank<R>.txt to the output folder "
+                "(GPU busy/idle time, collectives, host waits on the device, top operators; cogip.profiling)"})
 
 
 def resolve_family(model_id: str, family: str | None) -> Family:
@@ -134,10 +144,39 @@ class StepTimes(TrainerCallback):
         return out
 
 
+class ProfileStep(TrainerCallback):
+    """torch.profiler over one optimizer step; its report (cogip.profiling) per rank, beside the weights."""
+
+    def __init__(self, step: int, out_dir: str):
+        self.step, self.out_dir, self._prof = step, out_dir, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            from torch.profiler import ProfilerActivity, profile
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self._prof = profile(activities=acts)
+            self._prof.__enter__()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._prof is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._prof.__exit__(None, None, None)
+        from ..profiling import report
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.out_dir, f"profile_rank{args.process_index}.txt").write_text(
+            f"step {state.global_step}, rank {args.process_index}/{args.world_size}\n\n" + report(self._prof))
+        self._prof = None
+
+
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
     parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
+    allow_sdpa_backends(margs.sdpa_backends)
     processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
@@ -165,14 +204,15 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
-    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
-    margs, dargs, largs, targs = parser.parse_args_into_dataclasses(argv)
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
+    margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
     kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
-    trainer = build_trainer(margs, dargs, largs, targs, [timer, *(callbacks or [])])
+    extra = [ProfileStep(pargs.profile_step, targs.output_dir)] if pargs.profile_step else []
+    trainer = build_trainer(margs, dargs, largs, targs, [timer, *extra, *(callbacks or [])])
     result = trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
