@@ -95,3 +95,28 @@ def test_padpair_sdpa_equals_masked_sdpa(tiles):
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
     got, _ = attention.padpair_sdpa(None, q, k, v, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models):
+    """The plan caches change with every forward; traced by torch.compile, their contents became guards,
+    so every forward recompiled the vision blocks until dynamo's limit, and then ran them uncompiled."""
+    import torch._dynamo
+    from cogip.evaluate.scorer import Scorer
+    fam = FAMILIES["qwen"]
+    processor = fam.load_processor(tiny_models["qwen"], min_pixels=112 * 112, max_pixels=112 * 112)
+    model = fam.load_model(tiny_models["qwen"])
+    torch._dynamo.reset()
+    scorer = Scorer(model, processor, fam, max_new_tokens=2, compile="vision")
+    rng = np.random.default_rng(0)
+    images = lambda: [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(2)]
+    for _ in range(2):   # the first shapes compile; the second call makes the shapes dynamic
+        scorer.answer(images(), ["Rate it."] * 2, "Aesthetics")
+    expected = scorer.answer(first := images(), ["Rate it."] * 2, "Aesthetics")
+    try:
+        torch._dynamo.config.error_on_recompile = True   # new tensors, same shapes: must reuse the graphs
+        for _ in range(3):
+            again = scorer.answer(first, ["Rate it."] * 2, "Aesthetics")
+            assert [a.text for a in again] == [a.text for a in expected]
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+        torch._dynamo.reset()

@@ -44,6 +44,10 @@ def _per_tensor(cache: list, tensor: torch.Tensor, compute):
 _RECENT_PLANS: list = []
 
 
+# Opaque to torch.compile (a graph break, as the host read in it is anyway): traced, dynamo guarded on
+# the caches' contents, which change with every forward, and recompiled the compiled vision blocks
+# again and again until its recompile limit, and then ran them uncompiled.
+@torch.compiler.disable
 def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     """L when every sequence has length L (then they tile the tokens and plain views do); otherwise
     [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content (the
@@ -99,6 +103,7 @@ PADPAIR_NAME = "sdpa_padpairs_cogip"
 _RECENT_MASKS: list = []
 
 
+@torch.compiler.disable   # as _plan
 def _padding_groups(attention_mask: torch.Tensor):
     """[(image indices, padding positions, real positions)] per distinct padding pattern, or None if an
     image has no real patch. Read from the mask's diagonal (a padding patch masks itself), once per mask."""
