@@ -5,7 +5,8 @@ processor, batched generation, parsing, JSONL records, metrics, plots). `--varia
 the loop, each on a freshly built model at the largest batch size, with options joined by "+":
 `liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
-`--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`).
+`--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`), `warmN` (the untimed warm-up
+run answers N batches, default as many as `pipeN`).
 `base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -103,6 +105,7 @@ def main():
             apply_liger(model)
         compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
+        warm = next((int(o[4:]) for o in options if o.startswith("warm")), pipeline)
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
                         cudnn_attention="cudnn" in options)
         if variant == "base":
@@ -116,9 +119,11 @@ def main():
         for mode in ("generate", "expected"):
             for bs in (sizes if variant == "base" else sizes[-1:]):
                 tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
+                for folder in (out / f"warm_{tag}", out / f"run_{tag}"):   # else a rerun into --out resumes: 0 items
+                    shutil.rmtree(folder, ignore_errors=True)
                 try:
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=workers, sample_n=bs * pipeline, pipeline=pipeline)
+                                  mode=mode, num_workers=workers, sample_n=bs * warm, pipeline=pipeline)
                     sync()
                     t = time.perf_counter()
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,

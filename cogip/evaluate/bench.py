@@ -8,7 +8,7 @@ Per dimension, into OUT/<Dim>/:
   metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
-all ranks together), OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
+all ranks together; when the first batch and answers came, and the items done after each batch), OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
 items; a killed run loses no finished item and ends with the same metrics as an uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
@@ -187,10 +187,12 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
             seen.setdefault("first_batch_s", time.perf_counter() - started)
             yield (name, chunk), batch, get_dimension(name), mode
 
-    first_answers = None
+    first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
     try:
         for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
-            first_answers = first_answers or time.perf_counter() - started
+            now = time.perf_counter() - started
+            first_answers = first_answers or now
+            answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
             passed_check()
             items = plan[name][0]
             append_jsonl(out / name / shard, [{
@@ -212,7 +214,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                      "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
                                      "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
-                                     "images_per_s": round(n_run / seconds, 3) if n_run else None})
+                                     "images_per_s": round(n_run / seconds, 3) if n_run else None,
+                                     "answered": answered})
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
