@@ -4,6 +4,9 @@ point and the benchmark scripts, so every profile in docs/benchmarks.md reads th
 
 from __future__ import annotations
 
+import gc
+import threading
+import time
 from collections import defaultdict
 
 import torch
@@ -60,3 +63,32 @@ def report(prof, rows: int = 30) -> str:
         parts.append(avg.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
     parts.append(avg.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70))
     return "\n\n".join(parts)
+
+
+class GCPauses:
+    """Python's garbage collections while active: how many, and their seconds, per generation. A full
+    (generation 2) collection holds the interpreter lock, so it stalls every thread of the process: all
+    batches in flight wait for it at once."""
+
+    def __init__(self):
+        self.collections, self.seconds = [0, 0, 0], [0.0, 0.0, 0.0]
+        self._started: dict[int, float] = {}
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started[threading.get_ident()] = time.perf_counter()
+            return
+        began = self._started.pop(threading.get_ident(), None)
+        if began is not None:
+            self.collections[info["generation"]] += 1
+            self.seconds[info["generation"]] += time.perf_counter() - began
+
+    def __enter__(self) -> "GCPauses":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict:
+        return {"collections": list(self.collections), "seconds": [round(s, 4) for s in self.seconds]}

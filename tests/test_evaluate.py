@@ -65,6 +65,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert 0 < timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
+        assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]

@@ -100,3 +100,14 @@ def test_sdpa_backends_are_switched_process_wide_and_bad_names_fail():
     finally:
         assert allow_sdpa_backends("auto") == ["cudnn", "flash", "efficient"]
     assert flags.cudnn_sdp_enabled() and flags.flash_sdp_enabled() and flags.mem_efficient_sdp_enabled()
+
+
+def test_gc_pauses_count_collections_only_while_active():
+    import gc
+    from cogip.profiling import GCPauses
+    with GCPauses() as pauses:
+        gc.collect(2)
+        gc.collect(0)
+    gc.collect(2)   # after the context: not counted
+    assert pauses.collections[2] == 1 and pauses.collections[0] >= 1 and pauses.seconds[2] > 0
+    assert pauses.summary()["collections"] == pauses.collections

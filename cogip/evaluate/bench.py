@@ -8,8 +8,10 @@ Per dimension, into OUT/<Dim>/:
   metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
-all ranks together; when the first batch and answers came, and the items done after each batch), OUT/summary.png, plus a printed table. Rerunning into OUT skips finished
-items; a killed run loses no finished item and ends with the same metrics as an uninterrupted one.
+all ranks together; when the first batch and answers came, the items done after each batch, and
+Python's garbage-collection pauses), OUT/summary.png, plus a printed table. Rerunning into OUT
+skips finished items; a killed run loses no finished item and ends with the same metrics as an
+uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
 """
@@ -33,6 +35,7 @@ from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError, exit_code
 from ..metrics import compute_metrics
+from ..profiling import GCPauses
 
 PUBLISHED_SEED = 19
 
@@ -188,6 +191,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
             yield (name, chunk), batch, get_dimension(name), mode
 
     first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
+    gc_pauses = GCPauses().__enter__()   # a full collection stalls every batch in flight: timing.json says how long
     try:
         for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
             now = time.perf_counter() - started
@@ -203,6 +207,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     except Exception:
         passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
         raise
+    finally:
+        gc_pauses.__exit__()
     passed_check()   # also when nothing was left to answer
     bar.close()
     if accelerator:
@@ -215,7 +221,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                      "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None,
-                                     "answered": answered})
+                                     "answered": answered, "gc": gc_pauses.summary()})
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
