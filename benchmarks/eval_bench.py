@@ -5,8 +5,8 @@ processor, batched generation, parsing, JSONL records, metrics, plots). `--varia
 the loop, each on a freshly built model at the largest batch size, with options joined by "+":
 `liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
-`--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`), `warmN` (the untimed warm-up
-run answers N batches, default as many as `pipeN`).
+`--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
+`warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`).
 `base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens

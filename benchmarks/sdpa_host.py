@@ -3,8 +3,8 @@
 A 2-GPU ZeRO-3 profile showed rank 1 spending ~9 ms (forward) and ~21 ms (backward) of host time in
 each cuDNN attention call, and rank 0 ~0.1 ms: this separates the backends, the devices and the
 masks, at the shapes of the Qwen2.5-VL-7B training step (language model: 4 samples of ~1445 tokens,
-28 heads of 128, causal, with and without a padding mask; vision: 4 x 16 windows of 64 patches x 16
-heads of 80, no mask).
+28 heads of 128, causal, with and without a padding mask; vision: the windowed layers of 4 images of
+1008 px, 4 x 81 windows of 64 patches x 16 heads of 80, no mask).
 
     python benchmarks/sdpa_host.py --out DIR
 """
@@ -29,7 +29,7 @@ def case_tensors(case: str, device, padded: bool):
     if case == "language":
         b, h, length, d = 4, 28, 1445, 128
     else:
-        b, h, length, d = 4 * 16 * 21, 16, 64, 80   # windows of 8x8 merged patches, 1296 tokens per image
+        b, h, length, d = 4 * 81, 16, 64, 80   # 72x72 patches of 14 px per image, in windows of 8x8
     q, k, v = (torch.randn(b, h, length, d, device=device, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     mask = None
     if padded:   # left padding of a few tokens in all but the longest sample, causal inside
