@@ -81,7 +81,7 @@ def main():
     tiny = build_tiny("qwen", out / "tiny_qwen")
     processor = fam.load_processor(tiny)
     side = 896 if cuda else 84
-    processor.image_processor.min_pixels = processor.image_processor.max_pixels = side * side
+    fam.set_pixel_bounds(processor, side * side, side * side)
     def build():
         if not cuda:
             return fam.load_model(tiny)

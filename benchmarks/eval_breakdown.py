@@ -40,7 +40,7 @@ def main():
     a = p.parse_args()
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(build_tiny("qwen", "/tmp/bd_tiny"))
-    proc.image_processor.min_pixels = proc.image_processor.max_pixels = 896 * 896
+    fam.set_pixel_bounds(proc, 896 * 896, 896 * 896)
     with torch.device("cuda"):
         model = fam.model_cls()._from_config(qwen2_5_vl_7b(proc.tokenizer), dtype=torch.bfloat16).eval()
     scorer = Scorer(model, proc, fam, max_new_tokens=10, compile="vision" if a.compile else "none")

@@ -72,7 +72,7 @@ def main():
     processor = fam.load_processor(tiny)
     if a.family == "qwen":
         h, w = (896, 1120) if cuda else (84, 84)              # 64x80 patches = 1280 merged visual tokens
-        processor.image_processor.min_pixels = processor.image_processor.max_pixels = h * w
+        fam.set_pixel_bounds(processor, h * w, h * w)
     elif cuda and a.family == "llama":                        # 4 tiles of 560 px, as the issue measured
         from transformers import MllamaImageProcessorPil, MllamaProcessor
         h, w = 1120, 1120

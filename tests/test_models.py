@@ -111,3 +111,19 @@ def test_gc_pauses_count_collections_only_while_active():
     gc.collect(2)   # after the context: not counted
     assert pauses.collections[2] == 1 and pauses.collections[0] >= 1 and pauses.seconds[2] > 0
     assert pauses.summary()["collections"] == pauses.collections
+
+
+def test_qwen_pixel_bounds_resize_without_deprecated_call_kwargs(tiny_models):
+    import warnings
+    import numpy as np
+    from PIL import Image
+    fam = FAMILIES["qwen"]
+    processor = fam.load_processor(tiny_models["qwen"], min_pixels=112 * 112, max_pixels=112 * 112)
+    image = Image.fromarray(np.zeros((84, 84, 3), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)   # the per-call deprecation of min/max_pixels kwargs
+        batch = processor(text=[fam.chat_prompt(processor, "Rate it.")], images=[image], return_tensors="pt")
+    assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]   # 84 px brought up to 112 px = 8x8 patches of 14
+    fam.set_pixel_bounds(processor, max_pixels=56 * 56, min_pixels=56 * 56)
+    assert processor(text=[fam.chat_prompt(processor, "Rate it.")], images=[image],
+                     return_tensors="pt")["image_grid_thw"].tolist() == [[1, 4, 4]]

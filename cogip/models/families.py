@@ -50,10 +50,29 @@ class Family:
 
     def load_processor(self, path: str | os.PathLike, **overrides):
         from transformers import AutoProcessor
+        bounds = {k: overrides.pop(k) for k in ("min_pixels", "max_pixels") if k in overrides}
         try:
-            return AutoProcessor.from_pretrained(str(path), **overrides)
+            processor = AutoProcessor.from_pretrained(str(path), **overrides)
         except OSError as e:
             raise CogipError(f"cannot load a {self.name} processor from {path}: {str(e).splitlines()[0]}") from None
+        if bounds:
+            self.set_pixel_bounds(processor, **bounds)
+        return processor
+
+    @staticmethod
+    def set_pixel_bounds(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Qwen's image-size bounds, set where transformers 5 keeps them (the image processor's `size`).
+        Given to `from_pretrained` or set as attributes, they reach every processor call as deprecated
+        keyword arguments, with a FutureWarning per call."""
+        import dataclasses
+        image_processor = processor.image_processor
+        size = image_processor.size
+        fields = dataclasses.asdict(size) if dataclasses.is_dataclass(size) else dict(size)
+        if min_pixels:
+            fields["shortest_edge"] = min_pixels
+        if max_pixels:
+            fields["longest_edge"] = max_pixels
+        image_processor.size = type(size)(**fields)
 
     def chat_prompt(self, processor, prompt: str) -> str:
         """The family's chat text for one image + one user prompt, ending where the answer starts."""
