@@ -20,14 +20,14 @@ GRAD_ACCUM=${GRAD_ACCUM:-$(( GLOBAL_BATCH / (PER_DEVICE_BATCH * devices) ))}
 
 if (( NUM_GPUS > 0 )); then
   DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
-  device_args=(--bf16 True --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
+  device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
                --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")
   [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")
 else   # the same script on a CPU: the demo and the tests use it unchanged
   DS_CONFIG=""
-  device_args=(--use_cpu True --gradient_checkpointing "${GRADIENT_CHECKPOINTING:-False}" --dataloader_num_workers 0)
+  device_args=(--use_cpu True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-False}" --dataloader_num_workers 0)
 fi
 
 args=(
@@ -39,7 +39,7 @@ args=(
   --learning_rate "${LR:-$DEFAULT_LR}" --vision_lr "${VISION_LR:-2e-6}" --merger_lr "${MERGER_LR:-1e-5}"
   --adam_beta2 "${ADAM_BETA2:-$DEFAULT_ADAM_BETA2}" --weight_decay 0.1 --warmup_steps 0.03 --lr_scheduler_type cosine
   --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size "$PER_DEVICE_BATCH"
-  --gradient_accumulation_steps "$GRAD_ACCUM" --gradient_checkpointing_kwargs '{"use_reentrant": false}'
+  --gradient_accumulation_steps "$GRAD_ACCUM" --activation_checkpointing_kwargs '{"use_reentrant": false}'
   --soft_labels "${SOFT_LABELS:-True}" --soft_eta "${SOFT_ETA:-$DEFAULT_SOFT_ETA}" --soft_lambda "${SOFT_LAMBDA:-2.0}"
   --soft_kernel triangular
   --logging_steps 1 --save_strategy steps --save_steps "${SAVE_STEPS:-100}" --save_total_limit 3

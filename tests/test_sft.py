@@ -151,7 +151,7 @@ class BlockProbe(TrainerCallback):
 
 def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_path):
     probe = BlockProbe()
-    run(_args(tiny_models["llama"], synth_bench, tmp_path / "parts", "--gradient_checkpointing", "True",
+    run(_args(tiny_models["llama"], synth_bench, tmp_path / "parts", "--activation_checkpointing", "True",
               "--checkpoint_parts", "vision", "--max_steps", "4", "--profile_step", "3"), callbacks=[probe])
     assert probe.seen == {"language": {False}, "vision": {True}}   # Mllama's vision layers included
     info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())

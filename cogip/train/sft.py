@@ -43,8 +43,8 @@ class ModelArguments:
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels lower bound"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels upper bound"})
     checkpoint_parts: str = field(default="all", metadata={
-        "help": "with --gradient_checkpointing: all | none | language | vision (where recomputation is worth "
-                "the memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
+        "help": "with --activation_checkpointing: all | none | language | vision (where recomputation is worth the "
+                "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
     sdpa_backends: str = field(default="auto", metadata={
         "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
                 "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})

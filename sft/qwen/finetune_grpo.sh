@@ -11,7 +11,7 @@ args=(--model_id "${MODEL_ID:-Qwen/Qwen2.5-VL-7B-Instruct}" --family qwen
       --per_device_train_batch_size "${PER_DEVICE_BATCH:-8}" --num_train_epochs "${EPOCHS:-1}"
       --lora_r 64 --lora_alpha 64 --lora_dropout 0.05 --logging_steps 1 --save_steps "${SAVE_STEPS:-100}"
       --report_to "${REPORT_TO:-tensorboard}" --seed "${SEED:-42}")
-if (( NUM_GPUS > 0 )); then args+=(--bf16 True --gradient_checkpointing True); else args+=(--use_cpu True); fi
+if (( NUM_GPUS > 0 )); then args+=(--bf16 True --activation_checkpointing True); else args+=(--use_cpu True); fi
 if (( NUM_GPUS > 1 )); then
   exec "$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_GPUS" -m cogip.train.grpo "${args[@]}" "$@"
 fi
