@@ -97,18 +97,19 @@ def test_padpair_sdpa_equals_masked_sdpa(tiles):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models):
+@pytest.mark.parametrize("family", ["qwen", "llama"])   # the window plan; Mllama's padding groups
+def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family):
     """The plan caches change with every forward; traced by torch.compile, their contents became guards,
     so every forward recompiled the vision blocks until dynamo's limit, and then ran them uncompiled."""
     import torch._dynamo
     from cogip.evaluate.scorer import Scorer
-    fam = FAMILIES["qwen"]
-    processor = fam.load_processor(tiny_models["qwen"], min_pixels=112 * 112, max_pixels=112 * 112)
-    model = fam.load_model(tiny_models["qwen"])
+    fam = FAMILIES[family]
+    processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(112 * 112, 112 * 112))
+    model = fam.load_model(tiny_models[family])
     torch._dynamo.reset()
     scorer = Scorer(model, processor, fam, max_new_tokens=2, compile="vision")
     rng = np.random.default_rng(0)
-    images = lambda: [Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)) for _ in range(2)]
+    images = lambda: [Image.fromarray(rng.integers(0, 256, (84, 112, 3), dtype=np.uint8)) for _ in range(2)]
     for _ in range(2):   # the first shapes compile; the second call makes the shapes dynamic
         scorer.answer(images(), ["Rate it."] * 2, "Aesthetics")
     expected = scorer.answer(first := images(), ["Rate it."] * 2, "Aesthetics")
