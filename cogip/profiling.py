@@ -5,6 +5,7 @@ point and the benchmark scripts, so every profile in docs/benchmarks.md reads th
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from collections import defaultdict
@@ -54,7 +55,6 @@ def timeline(prof) -> dict:
 
 def report(prof, rows: int = 30) -> str:
     """The timeline, then the operators by device time and by host (self) time."""
-    import json
     tl = timeline(prof)
     cuda = tl.get("gpu_busy_ms", 0) > 0
     avg = prof.key_averages()

@@ -191,24 +191,22 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
             yield (name, chunk), batch, get_dimension(name), mode
 
     first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
-    gc_pauses = GCPauses().__enter__()   # a full collection stalls every batch in flight: timing.json says how long
-    try:
-        for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
-            now = time.perf_counter() - started
-            first_answers = first_answers or now
-            answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
-            passed_check()
-            items = plan[name][0]
-            append_jsonl(out / name / shard, [{
-                "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
-                "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
-                "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
-            bar.update(len(chunk))
-    except Exception:
-        passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
-        raise
-    finally:
-        gc_pauses.__exit__()
+    with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
+        try:
+            for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
+                now = time.perf_counter() - started
+                first_answers = first_answers or now
+                answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
+                passed_check()
+                items = plan[name][0]
+                append_jsonl(out / name / shard, [{
+                    "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
+                    "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
+                    "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+                bar.update(len(chunk))
+        except Exception:
+            passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
+            raise
     passed_check()   # also when nothing was left to answer
     bar.close()
     if accelerator:

@@ -157,14 +157,14 @@ class ProfileStep(TrainerCallback):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self._prof = profile(activities=acts)
-            self._prof.__enter__()
+            self._prof.start()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._prof is None:
             return
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        self._prof.__exit__(None, None, None)
+        self._prof.stop()
         from ..profiling import report
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         Path(self.out_dir, f"profile_rank{args.process_index}.txt").write_text(
