@@ -6,8 +6,7 @@ the loop, each on a freshly built model at the largest batch size, with options 
 `liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
 `--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
-`warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `nofreeze` (the loop
-leaves the heap to garbage collection, `run_benchmark(freeze_gc=False)`).
+`warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`).
 `base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
@@ -107,7 +106,6 @@ def main():
         compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
         warm = next((int(o[4:]) for o in options if o.startswith("warm")), pipeline)
-        freeze = "nofreeze" not in options
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
                         cudnn_attention="cudnn" in options)
         if variant == "base":
@@ -125,12 +123,11 @@ def main():
                     shutil.rmtree(folder, ignore_errors=True)
                 try:
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=workers, sample_n=bs * warm, pipeline=pipeline,
-                                  freeze_gc=freeze)
+                                  mode=mode, num_workers=workers, sample_n=bs * warm, pipeline=pipeline)
                     sync()
                     t = time.perf_counter()
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=workers, pipeline=pipeline, freeze_gc=freeze)
+                                  mode=mode, num_workers=workers, pipeline=pipeline)
                     sync()
                 except Exception as e:   # recorded; the other variants still run
                     results[f"{tag}_error"] = f"{type(e).__name__}: {e}"[:500]

@@ -19,14 +19,12 @@ own records file, and rank 0 gathers them in item order.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,20 +96,6 @@ def summary_plot(path: Path, summary: dict) -> None:
     plt.close(fig)
 
 
-@contextmanager
-def frozen_heap(enabled: bool = True):
-    """gc.freeze() for the block, and the number of objects it froze. A heap the caller froze already is
-    left as it is (thawing it is theirs)."""
-    if not enabled or gc.get_freeze_count():
-        yield gc.get_freeze_count()
-        return
-    gc.freeze()
-    try:
-        yield gc.get_freeze_count()
-    finally:
-        gc.unfreeze()
-
-
 class _Batches(torch.utils.data.Dataset):
     """One element = one prepared batch (images decoded, processed, padded) of one dimension: what
     loader workers do while the GPU answers the previous batch."""
@@ -132,7 +116,7 @@ class _Batches(torch.utils.data.Dataset):
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0, pipeline: int = 1, freeze_gc: bool = True) -> dict:
+                  num_workers: int = 0, pipeline: int = 1) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -176,59 +160,54 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                                          prefetch_factor=2 if num_workers else None)
-    # Everything alive now (model, compiled graphs, libraries) is left out of garbage collection while the
-    # loop runs: its collections scan only the loop's own objects, and the loader workers forked below do not
-    # copy the pages a collection would touch.
-    with frozen_heap(freeze_gc) as frozen:
-        prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
-        # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
-        # written until the check has passed: a bad image still stops the run before any output, in one line.
-        check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
-        # a few threads: the loader's workers need the cores more at the start
-        checking = check.submit(check_images, pairs, workers=min(4, os.cpu_count() or 1), progress=False)
-        check.shutdown(wait=False)   # the thread ends with the check
-        checked = False
+    prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
+    # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
+    # written until the check has passed: a bad image still stops the run before any output, in one line.
+    check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
+    # a few threads: the loader's workers need the cores more at the start
+    checking = check.submit(check_images, pairs, workers=min(4, os.cpu_count() or 1), progress=False)
+    check.shutdown(wait=False)   # the thread ends with the check
+    checked = False
 
-        def passed_check() -> None:
-            nonlocal checked
-            if checked:
-                return
-            problems = checking.result()
-            if problems:
-                raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
-            checked = True
-            for name, (_, indices) in plan.items():
-                (out / name).mkdir(parents=True, exist_ok=True)
-                if is_main:
-                    write_json(out / name / "run.json", {**info, "indices": indices})
-                    write_json(out / name / "sample.json", indices)
+    def passed_check() -> None:
+        nonlocal checked
+        if checked:
+            return
+        problems = checking.result()
+        if problems:
+            raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        checked = True
+        for name, (_, indices) in plan.items():
+            (out / name).mkdir(parents=True, exist_ok=True)
+            if is_main:
+                write_json(out / name / "run.json", {**info, "indices": indices})
+                write_json(out / name / "sample.json", indices)
 
-        seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
+    seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
 
-        def jobs():
-            for name, chunk, batch in prepared:
-                seen.setdefault("first_batch_s", time.perf_counter() - started)
-                yield (name, chunk), batch, get_dimension(name), mode
+    def jobs():
+        for name, chunk, batch in prepared:
+            seen.setdefault("first_batch_s", time.perf_counter() - started)
+            yield (name, chunk), batch, get_dimension(name), mode
 
-        first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
-        with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
-            try:
-                for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
-                    now = time.perf_counter() - started
-                    first_answers = first_answers or now
-                    answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
-                    passed_check()
-                    items = plan[name][0]
-                    append_jsonl(out / name / shard, [{
-                        "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text,
-                        "label": a.label, "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread,
-                        "label_probs": a.label_probs, "reference": items[i].score,
-                        "reference_label": items[i].label} for i, a in zip(chunk, answers)])
-                    bar.update(len(chunk))
-            except Exception:
-                passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
-                raise
-        passed_check()   # also when nothing was left to answer
+    first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
+    with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
+        try:
+            for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
+                now = time.perf_counter() - started
+                first_answers = first_answers or now
+                answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
+                passed_check()
+                items = plan[name][0]
+                append_jsonl(out / name / shard, [{
+                    "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
+                    "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
+                    "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+                bar.update(len(chunk))
+        except Exception:
+            passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
+            raise
+    passed_check()   # also when nothing was left to answer
     bar.close()
     if accelerator:
         accelerator.wait_for_everyone()
@@ -240,7 +219,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                      "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None,
-                                     "answered": answered, "gc": {**gc_pauses.summary(), "frozen_objects": frozen}})
+                                     "answered": answered, "gc": gc_pauses.summary()})
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
