@@ -8,10 +8,10 @@ Per dimension, into OUT/<Dim>/:
   metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
-all ranks together; when the first batch and answers came, the items done after each batch, and
-Python's garbage-collection pauses), OUT/summary.png, plus a printed table. Rerunning into OUT
-skips finished items; a killed run loses no finished item and ends with the same metrics as an
-uninterrupted one.
+all ranks together; when the loader's workers had started and the first batch and answers came,
+the items done after each batch, and Python's garbage-collection pauses), OUT/summary.png, plus a
+printed table. Rerunning into OUT skips finished items; a killed run loses no finished item and ends
+with the same metrics as an uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
 """
@@ -161,6 +161,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),
                                          prefetch_factor=2 if num_workers else None)
     prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
+    workers_started = time.perf_counter() - started
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
     # written until the check has passed: a bad image still stops the run before any output, in one line.
     check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
@@ -216,6 +217,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
     write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
                                      "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
+                                     "workers_started_s": round(workers_started, 3),
                                      "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None,
