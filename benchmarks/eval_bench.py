@@ -6,7 +6,8 @@ the loop, each on a freshly built model at the largest batch size, with options 
 `liger` (Liger's fused kernels), `compile` (compiled vision blocks, as `--compile`), `compileall`
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
 `--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
-`warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`).
+`warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
+workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU).
 `base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
@@ -106,6 +107,7 @@ def main():
         compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
         warm = next((int(o[4:]) for o in options if o.startswith("warm")), pipeline)
+        n_workers = next((int(o[7:]) for o in options if o.startswith("workers")), workers)
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
                         cudnn_attention="cudnn" in options)
         if variant == "base":
@@ -123,11 +125,11 @@ def main():
                     shutil.rmtree(folder, ignore_errors=True)
                 try:
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=workers, sample_n=bs * warm, pipeline=pipeline)
+                                  mode=mode, num_workers=n_workers, sample_n=bs * warm, pipeline=pipeline)
                     sync()
                     t = time.perf_counter()
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=workers, pipeline=pipeline)
+                                  mode=mode, num_workers=n_workers, pipeline=pipeline)
                     sync()
                 except Exception as e:   # recorded; the other variants still run
                     results[f"{tag}_error"] = f"{type(e).__name__}: {e}"[:500]
