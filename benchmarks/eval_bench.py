@@ -8,7 +8,8 @@ the loop, each on a freshly built model at the largest batch size, with options 
 `--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
 `warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
 workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU).
-`base` is the loop with none of them. A variant that fails is recorded as its error, and the next runs.
+`base` is the loop with none of them. A variant listed again runs again, its rows as `<variant>_run2`.
+A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
     python benchmarks/eval_bench.py --cpu-smoke --out DIR
@@ -97,7 +98,9 @@ def main():
                "max_new_tokens": MAX_NEW, "n": n}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU
-    for variant in a.variants:
+    for k, variant in enumerate(a.variants):
+        # a variant listed again gets its own rows: "<variant>_run2", ...
+        label = variant + (f"_run{a.variants[:k].count(variant) + 1}" if variant in a.variants[:k] else "")
         model = build()
         model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         options = set(variant.split("+"))
@@ -110,7 +113,7 @@ def main():
         n_workers = next((int(o[7:]) for o in options if o.startswith("workers")), workers)
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
                         cudnn_attention="cudnn" in options)
-        if variant == "base":
+        if label == "base":   # the published loop and the shapes, once
             sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
                                images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
             results["visual_tokens"] = int((sample["input_ids"] == model.config.image_token_id).sum())
@@ -120,7 +123,7 @@ def main():
         sizes = a.batch_sizes if cuda else [4]
         for mode in ("generate", "expected"):
             for bs in (sizes if variant == "base" else sizes[-1:]):
-                tag = f"{mode}_bs{bs}" if variant == "base" else f"{variant}_{mode}_bs{bs}"
+                tag = f"{mode}_bs{bs}" if label == "base" else f"{label}_{mode}_bs{bs}"
                 for folder in (out / f"warm_{tag}", out / f"run_{tag}"):   # else a rerun into --out resumes: 0 items
                     shutil.rmtree(folder, ignore_errors=True)
                 try:

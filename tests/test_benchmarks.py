@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke(tmp_path, script, report):
     args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
     if script == "eval_bench.py":
-        args += ["--variants", "base", "pipe2+workers2"]
+        args += ["--variants", "base", "pipe2+workers2", "base"]
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -28,6 +28,7 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert data["published_img_s"] > 0 and data["generate_bs4_img_s"] > 0 and data["expected_bs4_img_s"] > 0
         assert data["pipe2+workers2_generate_bs4_img_s"] > 0 and data["pipe2+workers2_expected_bs4_img_s"] > 0
         assert data["pipe2+workers2_expected_bs4_loop"]["workers_started_s"] > 0   # forked two loader workers
+        assert data["base_run2_generate_bs4_img_s"] > 0 and data["generate_bs4_img_s"] > 0   # a repeat: rows of its own
     else:
         assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours"))
         assert data["ours"]["first_loss"] == pytest.approx(data["ours-loss"]["first_loss"], rel=1e-5)
