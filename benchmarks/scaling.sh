@@ -7,6 +7,7 @@
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
+#   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
 set -uo pipefail
 N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
@@ -28,10 +29,11 @@ sft() {   # sft DS_CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs f
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
     GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} "${launcher_env[@]}" \
     bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no ${PROFILE_STEP:+--profile_step $PROFILE_STEP} \
+    ${TIMELINE_STEP:+--timeline_step $TIMELINE_STEP} \
     > "$OUT/$run.log" 2>&1; echo "rc=$?"
   grep "cogip sft:" "$OUT/$run.log" | tail -n 2
   [ -f "$W/$run/cogip_train.json" ] && cp "$W/$run/cogip_train.json" "$OUT/$run.json"
-  for f in "$W/$run"/profile_rank*.txt; do [ -f "$f" ] && cp "$f" "$OUT/${run}_$(basename "$f")"; done; true
+  for f in "$W/$run"/profile_rank*.txt "$W/$run"/timeline_rank*.json; do [ -f "$f" ] && cp "$f" "$OUT/${run}_$(basename "$f")"; done; true
 }
 evaluate() {   # evaluate GPUS
   local run="eval_$1gpu"; echo "=== $run"

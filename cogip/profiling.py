@@ -9,6 +9,7 @@ import json
 import threading
 import time
 from collections import defaultdict
+from functools import partial
 
 import torch
 
@@ -92,3 +93,104 @@ class GCPauses:
 
     def summary(self) -> dict:
         return {"collections": list(self.collections), "seconds": [round(s, 4) for s in self.seconds]}
+
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass on this thread (where checkpointed blocks recompute)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+class BlockTimeline:
+    """When each repeated block's forward, recomputation and backward began (and the forward passes and
+    recomputations ended) over one stretch of work, on the device (CUDA events; the wall clock on a
+    CPU) and on the host, without the profiler's overhead, which hides what multi-GPU steps lose.
+
+    - host lead: how long after the host called a block the device began it. Near 0, the device waited
+      for the host (host-bound); large, the host ran ahead (device-bound).
+    - gap: device time from one forward block's end to the next one's start, where ZeRO-3 waits for
+      the next block's gathered parameters (its hooks run before these).
+    - busy: device time from a forward block's start to its end.
+    - backward: from one block's backward start to the next one's, its recomputation included. Module
+      hooks run outside transformers' checkpoint (and cogip's own), so recomputations are not seen
+      apart; where hooks run inside one, it is marked "recompute" (start only: torch's checkpoint
+      stops recomputing once it has what the backward needs).
+
+        tl = BlockTimeline(repeated_blocks(model, family)); tl.start(); <work>; result = tl.stop()"""
+
+    def __init__(self, blocks):
+        self.blocks = [(name, block, part) for name, block, part in blocks]
+        self.cuda = torch.cuda.is_available()
+        self.marks: list[tuple] = []   # (block, part, kind, host seconds, device mark)
+        self.spans: list[tuple[int, int]] = []   # (start mark, end mark) of each forward or recomputation
+        self._handles: list = []
+
+    def _mark(self, name: str, part: str, kind: str) -> int:
+        if self.cuda:
+            device = torch.cuda.Event(enable_timing=True)
+            device.record()
+        else:
+            device = time.perf_counter()
+        self.marks.append((name, part, kind, time.perf_counter(), device))
+        return len(self.marks) - 1
+
+    def _backward_began(self, name: str, part: str, grad) -> None:
+        """The gradient reaching a block's output: its backward begins (returns None: grad unchanged)."""
+        self._mark(name, part, "backward")
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        self._mark("", "", "start")
+        self._host0, self._device0 = self.marks.pop()[3:]
+        open_calls: dict[str, list[int]] = defaultdict(list)
+        for name, block, part in self.blocks:
+            def before(module, args, name=name, part=part):
+                open_calls[name].append(self._mark(name, part, "recompute" if _in_backward() else "forward"))
+
+            def after(module, args, output, name=name, part=part):
+                start = open_calls[name].pop()
+                self.spans.append((start, self._mark(name, part, "end")))
+                out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", output)
+                if self.marks[start][2] == "forward" and torch.is_tensor(out) and out.requires_grad:
+                    out.register_hook(partial(self._backward_began, name, part))
+            self._handles += [block.register_forward_pre_hook(before), block.register_forward_hook(after)]
+
+    def stop(self) -> dict:
+        """{"summary": per "<part> <kind>": calls, device seconds of the first and last start, median host
+        lead, and for forward blocks the summed busy and gap seconds; "rows": every mark in device order}."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        device_s = (lambda m: self._device0.elapsed_time(m) / 1e3) if self.cuda else (lambda m: m - self._device0)
+        rows = [{"block": n, "part": p, "kind": k, "host_s": h - self._host0, "device_s": device_s(m)}
+                for n, p, k, h, m in self.marks]
+        summary: dict[str, dict] = {}
+        for r in rows:
+            r["lead_s"] = r["device_s"] - r["host_s"]
+            if r["kind"] != "end":
+                s = summary.setdefault(f"{r['part']} {r['kind']}", {"calls": 0, "first_s": r["device_s"], "leads": []})
+                s["calls"] += 1
+                s["last_s"] = r["device_s"]
+                s["leads"].append(r["lead_s"])
+        previous_end = {}   # part -> device end of its last forward block
+        for start, end in sorted(self.spans, key=lambda se: rows[se[0]]["device_s"]):
+            r = rows[start]
+            s = summary[f"{r['part']} {r['kind']}"]
+            s["busy_s"] = s.get("busy_s", 0.0) + rows[end]["device_s"] - r["device_s"]
+            if r["kind"] == "forward":
+                s["gap_s"] = s.get("gap_s", 0.0) + r["device_s"] - previous_end.get(r["part"], r["device_s"])
+                previous_end[r["part"]] = rows[end]["device_s"]
+        for s in summary.values():
+            leads = sorted(s.pop("leads"))
+            s["median_lead_s"] = leads[len(leads) // 2]
+            for k in ("first_s", "last_s", "busy_s", "gap_s", "median_lead_s"):
+                if k in s:
+                    s[k] = round(s[k], 4)
+        rows.sort(key=lambda r: r["device_s"])
+        for r in rows:
+            for k in ("host_s", "device_s", "lead_s"):
+                r[k] = round(r[k], 6)
+        return {"device": "cuda" if self.cuda else "cpu", "summary": summary, "rows": rows}

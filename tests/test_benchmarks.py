@@ -37,7 +37,8 @@ def test_benchmark_smoke(tmp_path, script, report):
 def test_scaling_smoke(tmp_path):
     """benchmarks/scaling.sh on the CPU: a tiny model through finetune_lora.sh and cog_test.sh, read back."""
     import os
-    env = dict(os.environ, SMOKE="1", WORK=str(tmp_path), PYTHON=sys.executable, PROFILE_STEP="2")
+    env = dict(os.environ, SMOKE="1", WORK=str(tmp_path), PYTHON=sys.executable, PROFILE_STEP="2",
+               TIMELINE_STEP="3")
     run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -45,3 +46,5 @@ def test_scaling_smoke(tmp_path):
     assert data["sft_none_0gpu"]["samples_per_s"] > 0 and data["sft_none_0gpu"]["samples_per_step"] == 4
     assert data["eval_0gpu"]["items"] == 32 and data["eval_0gpu"]["images_per_s"] > 0
     assert (tmp_path / "out" / "sft_none_0gpu_profile_rank0.txt").read_text().startswith("step 2, rank 0/1")
+    timeline = json.loads((tmp_path / "out" / "sft_none_0gpu_timeline_rank0.json").read_text())
+    assert timeline["step"] == 3 and timeline["summary"]["language forward"]["calls"] > 1

@@ -168,6 +168,42 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
 
 
+class ModelProbe(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+
+def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):
+    from cogip.models.blocks import repeated_blocks
+    probe = ModelProbe()
+    run(_args(tiny_models["qwen"], synth_bench, tmp_path / "tl", "--activation_checkpointing", "True",
+              "--checkpoint_parts", "vision", "--max_steps", "3", "--save_strategy", "no", "--timeline_step", "2"),
+        callbacks=[probe])
+    timed = json.loads((tmp_path / "tl" / "timeline_rank0.json").read_text())
+    assert timed["step"] == 2 and timed["world_size"] == 1 and timed["device"] == "cpu"
+    names = {part: [n for n, _, p in repeated_blocks(probe.model, FAMILIES["qwen"]) if p == part]
+             for part in ("vision", "language")}
+    assert len(names["vision"]) > 1 and len(names["language"]) > 1
+    summary = timed["summary"]
+    # each block once forward and once backward (the vision blocks' recomputation runs inside their hooks)
+    assert {k: v["calls"] for k, v in summary.items()} == {
+        "vision forward": len(names["vision"]), "vision backward": len(names["vision"]),
+        "language forward": len(names["language"]), "language backward": len(names["language"])}
+    assert summary["vision forward"]["first_s"] < summary["language forward"]["first_s"] \
+        < summary["language backward"]["first_s"] < summary["vision backward"]["first_s"]   # a step's order
+    for part in ("vision", "language"):
+        s = summary[f"{part} forward"]
+        last_end = max(r["device_s"] for r in timed["rows"] if r["kind"] == "end" and r["block"] in names[part])
+        # the forward blocks run one after another: first start to last end = their busy time + the gaps
+        assert s["busy_s"] > 0 and s["gap_s"] >= 0
+        assert s["busy_s"] + s["gap_s"] == pytest.approx(last_end - s["first_s"], abs=1e-3)
+        kinds = [(r["block"], r["kind"]) for r in timed["rows"] if r["block"] in names[part]]
+        assert [b for b, k in kinds if k == "forward"] == names[part]
+        assert [b for b, k in kinds if k == "backward"] == names[part][::-1]   # backward runs in reverse
+    for block in names["vision"] + names["language"]:
+        assert [r["kind"] for r in timed["rows"] if r["block"] == block] == ["forward", "end", "backward"]
+
+
 def test_liger_without_the_package_is_one_clear_error(tiny_models, synth_bench, tmp_path):
     import importlib.util
     if importlib.util.find_spec("liger_kernel") is not None:

@@ -21,7 +21,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
-from ..models.blocks import apply_liger, parse_parts, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks
+from ..models.blocks import (apply_liger, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
+                             zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -70,6 +71,10 @@ class ProfileArguments:
     profile_step: int | None = field(default=None, metadata={
         "help": "profile this optimizer step (1-based): each rank writes profile_rank<R>.txt to the output folder "
                 "(GPU busy/idle time, collectives, host waits on the device, top operators; cogip.profiling)"})
+    timeline_step: int | None = field(default=None, metadata={
+        "help": "time every repeated block in this optimizer step (1-based), without the profiler: each rank writes "
+                "timeline_rank<R>.json (device and host start of each forward, recomputation and backward; "
+                "cogip.profiling.BlockTimeline)"})
 
 
 def resolve_family(model_id: str, family: str | None) -> Family:
@@ -172,6 +177,28 @@ class ProfileStep(TrainerCallback):
         self._prof = None
 
 
+class TimelineStep(TrainerCallback):
+    """cogip.profiling.BlockTimeline over one optimizer step's repeated blocks; per rank, beside the weights."""
+
+    def __init__(self, step: int, out_dir: str, family: Family):
+        self.step, self.out_dir, self.family, self._timeline = step, out_dir, family, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.step:
+            from ..profiling import BlockTimeline
+            self._timeline = BlockTimeline(repeated_blocks(model, self.family))
+            self._timeline.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._timeline is None:
+            return
+        result = {"step": state.global_step, "rank": args.process_index, "world_size": args.world_size,
+                  **self._timeline.stop()}
+        self._timeline = None
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        Path(self.out_dir, f"timeline_rank{args.process_index}.json").write_text(json.dumps(result, indent=1))
+
+
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
@@ -212,6 +239,8 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
     extra = [ProfileStep(pargs.profile_step, targs.output_dir)] if pargs.profile_step else []
+    if pargs.timeline_step:
+        extra.append(TimelineStep(pargs.timeline_step, targs.output_dir, resolve_family(margs.model_id, margs.family)))
     trainer = build_trainer(margs, dargs, largs, targs, [timer, *extra, *(callbacks or [])])
     result = trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
