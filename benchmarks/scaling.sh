@@ -68,7 +68,8 @@ import json, sys, glob, os
 w, out = sys.argv[1:]
 rows = {}
 for f in sorted(glob.glob(f"{out}/sft_*.json")):
-    rows[os.path.basename(f)[:-5]] = json.load(open(f)).get("throughput")
+    if "_timeline_rank" not in f:   # the runs' cogip_train.json copies only
+        rows[os.path.basename(f)[:-5]] = json.load(open(f)).get("throughput")
 for d in sorted(glob.glob(f"{w}/eval_*gpu")):
     if os.path.isfile(f"{d}/timing.json"):
         rows[os.path.basename(d)] = json.load(open(f"{d}/timing.json"))

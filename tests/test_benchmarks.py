@@ -48,3 +48,4 @@ def test_scaling_smoke(tmp_path):
     assert (tmp_path / "out" / "sft_none_0gpu_profile_rank0.txt").read_text().startswith("step 2, rank 0/1")
     timeline = json.loads((tmp_path / "out" / "sft_none_0gpu_timeline_rank0.json").read_text())
     assert timeline["step"] == 3 and timeline["summary"]["language forward"]["calls"] > 1
+    assert set(data) == {"sft_none_0gpu", "eval_0gpu"}   # the timeline is no run of its own
