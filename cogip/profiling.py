@@ -95,16 +95,16 @@ class GCPauses:
         return {"collections": list(self.collections), "seconds": [round(s, 4) for s in self.seconds]}
 
 
-
 def _in_backward() -> bool:
-    """True while autograd runs a backward pass on this thread (where checkpointed blocks recompute)."""
+    """True while autograd runs a backward pass on this thread (where checkpointed blocks recompute).
+    torch has no public call for this; torch.utils.checkpoint reads the same one."""
     return torch._C._current_graph_task_id() != -1
 
 
 class BlockTimeline:
-    """When each repeated block's forward, recomputation and backward began (and the forward passes and
-    recomputations ended) over one stretch of work, on the device (CUDA events; the wall clock on a
-    CPU) and on the host, without the profiler's overhead, which hides what multi-GPU steps lose.
+    """When each repeated block's forward (and its end), recomputation and backward began over one
+    stretch of work, on the device (CUDA events; the wall clock on a CPU) and on the host, without the
+    profiler's overhead, which hides what multi-GPU steps lose.
 
     - host lead: how long after the host called a block the device began it. Near 0, the device waited
       for the host (host-bound); large, the host ran ahead (device-bound).
@@ -149,6 +149,7 @@ class BlockTimeline:
                 open_calls[name].append(self._mark(name, part, "recompute" if _in_backward() else "forward"))
 
             def after(module, args, output, name=name, part=part):
+                # (a recomputation stopped early never gets here: its start stays unmatched, below the next call's)
                 start = open_calls[name].pop()
                 self.spans.append((start, self._mark(name, part, "end")))
                 out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", output)
@@ -171,7 +172,8 @@ class BlockTimeline:
         for r in rows:
             r["lead_s"] = r["device_s"] - r["host_s"]
             if r["kind"] != "end":
-                s = summary.setdefault(f"{r['part']} {r['kind']}", {"calls": 0, "first_s": r["device_s"], "leads": []})
+                s = summary.setdefault(f"{r['part']} {r['kind']}",
+                                       {"calls": 0, "first_s": r["device_s"], "leads": []})
                 s["calls"] += 1
                 s["last_s"] = r["device_s"]
                 s["leads"].append(r["lead_s"])
