@@ -95,26 +95,19 @@ class GCPauses:
         return {"collections": list(self.collections), "seconds": [round(s, 4) for s in self.seconds]}
 
 
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass on this thread (where checkpointed blocks recompute).
-    torch has no public call for this; torch.utils.checkpoint reads the same one."""
-    return torch._C._current_graph_task_id() != -1
-
-
 class BlockTimeline:
-    """When each repeated block's forward (and its end), recomputation and backward began over one
-    stretch of work, on the device (CUDA events; the wall clock on a CPU) and on the host, without the
-    profiler's overhead, which hides what multi-GPU steps lose.
+    """When each repeated block's forward (and its end) and backward began over one stretch of work, on
+    the device (CUDA events; the wall clock on a CPU) and on the host, without the profiler's overhead,
+    which hides what multi-GPU steps lose.
 
     - host lead: how long after the host called a block the device began it. Near 0, the device waited
       for the host (host-bound); large, the host ran ahead (device-bound).
     - gap: device time from one forward block's end to the next one's start, where ZeRO-3 waits for
       the next block's gathered parameters (its hooks run before these).
     - busy: device time from a forward block's start to its end.
-    - backward: from one block's backward start to the next one's, its recomputation included. Module
-      hooks run outside transformers' checkpoint (and cogip's own), so recomputations are not seen
-      apart; where hooks run inside one, it is marked "recompute" (start only: torch's checkpoint
-      stops recomputing once it has what the backward needs).
+    - backward: from one block's backward start to the next one's, its recomputation included: both
+      transformers and cogip checkpoint a block's `forward` inside its module hooks, so a recomputation
+      is not seen apart.
 
         tl = BlockTimeline(repeated_blocks(model, family)); tl.start(); <work>; result = tl.stop()"""
 
@@ -122,7 +115,7 @@ class BlockTimeline:
         self.blocks = [(name, block, part) for name, block, part in blocks]
         self.cuda = torch.cuda.is_available()
         self.marks: list[tuple] = []   # (block, part, kind, host seconds, device mark)
-        self.spans: list[tuple[int, int]] = []   # (start mark, end mark) of each forward or recomputation
+        self.spans: list[tuple[int, int]] = []   # (start mark, end mark) of each forward
         self._handles: list = []
 
     def _mark(self, name: str, part: str, kind: str) -> int:
@@ -143,17 +136,15 @@ class BlockTimeline:
             torch.cuda.synchronize()
         self._mark("", "", "start")
         self._host0, self._device0 = self.marks.pop()[3:]
-        open_calls: dict[str, list[int]] = defaultdict(list)
+        started: dict[str, int] = {}   # block -> its forward's start mark
         for name, block, part in self.blocks:
             def before(module, args, name=name, part=part):
-                open_calls[name].append(self._mark(name, part, "recompute" if _in_backward() else "forward"))
+                started[name] = self._mark(name, part, "forward")
 
             def after(module, args, output, name=name, part=part):
-                # (a recomputation stopped early never gets here: its start stays unmatched, below the next call's)
-                start = open_calls[name].pop()
-                self.spans.append((start, self._mark(name, part, "end")))
+                self.spans.append((started.pop(name), self._mark(name, part, "end")))
                 out = output[0] if isinstance(output, (tuple, list)) else getattr(output, "last_hidden_state", output)
-                if self.marks[start][2] == "forward" and torch.is_tensor(out) and out.requires_grad:
+                if torch.is_tensor(out) and out.requires_grad:
                     out.register_hook(partial(self._backward_began, name, part))
             self._handles += [block.register_forward_pre_hook(before), block.register_forward_hook(after)]
 
@@ -180,11 +171,10 @@ class BlockTimeline:
         previous_end = {}   # part -> device end of its last forward block
         for start, end in sorted(self.spans, key=lambda se: rows[se[0]]["device_s"]):
             r = rows[start]
-            s = summary[f"{r['part']} {r['kind']}"]
+            s = summary[f"{r['part']} forward"]
             s["busy_s"] = s.get("busy_s", 0.0) + rows[end]["device_s"] - r["device_s"]
-            if r["kind"] == "forward":
-                s["gap_s"] = s.get("gap_s", 0.0) + r["device_s"] - previous_end.get(r["part"], r["device_s"])
-                previous_end[r["part"]] = rows[end]["device_s"]
+            s["gap_s"] = s.get("gap_s", 0.0) + r["device_s"] - previous_end.get(r["part"], r["device_s"])
+            previous_end[r["part"]] = rows[end]["device_s"]
         for s in summary.values():
             leads = sorted(s.pop("leads"))
             s["median_lead_s"] = leads[len(leads) // 2]

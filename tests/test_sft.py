@@ -185,8 +185,7 @@ def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):
              for part in ("vision", "language")}
     assert len(names["vision"]) > 1 and len(names["language"]) > 1
     summary = timed["summary"]
-    # each block once forward and once backward; transformers recomputes the checkpointed vision blocks inside
-    # their hooks, so no recomputation is marked
+    # each block once forward and once backward (a checkpointed vision block recomputes without passing its hooks)
     assert {k: v["calls"] for k, v in summary.items()} == {
         "vision forward": len(names["vision"]), "vision backward": len(names["vision"]),
         "language forward": len(names["language"]), "language backward": len(names["language"])}

@@ -12,6 +12,7 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -73,7 +74,7 @@ class ProfileArguments:
                 "(GPU busy/idle time, collectives, host waits on the device, top operators; cogip.profiling)"})
     timeline_step: int | None = field(default=None, metadata={
         "help": "time every repeated block in this optimizer step (1-based), without the profiler: each rank writes "
-                "timeline_rank<R>.json (device and host start of each forward, recomputation and backward; "
+                "timeline_rank<R>.json (device and host start of each block's forward and backward; "
                 "cogip.profiling.BlockTimeline)"})
 
 
@@ -149,54 +150,51 @@ class StepTimes(TrainerCallback):
         return out
 
 
-class ProfileStep(TrainerCallback):
-    """torch.profiler over one optimizer step; its report (cogip.profiling) per rank, beside the weights."""
+class RecordStep(TrainerCallback):
+    """Records one optimizer step (1-based) and writes the record of each rank beside the weights, as
+    `filename` with {rank} filled in. `begin(model)` starts recording and returns `end(head) -> text`,
+    called when the step ends with head = {"step", "rank", "world_size"}."""
 
-    def __init__(self, step: int, out_dir: str):
-        self.step, self.out_dir, self._prof = step, out_dir, None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 == self.step:
-            from torch.profiler import ProfilerActivity, profile
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self._prof = profile(activities=acts)
-            self._prof.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._prof is None:
-            return
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self._prof.stop()
-        from ..profiling import report
-        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        Path(self.out_dir, f"profile_rank{args.process_index}.txt").write_text(
-            f"step {state.global_step}, rank {args.process_index}/{args.world_size}\n\n" + report(self._prof))
-        self._prof = None
-
-
-class TimelineStep(TrainerCallback):
-    """cogip.profiling.BlockTimeline over one optimizer step's repeated blocks; per rank, beside the weights."""
-
-    def __init__(self, step: int, out_dir: str, family: Family):
-        self.step, self.out_dir, self.family, self._timeline = step, out_dir, family, None
+    def __init__(self, step: int, out_dir: str, filename: str, begin):
+        self.step, self.out_dir, self.filename, self.begin, self._end = step, out_dir, filename, begin, None
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step + 1 == self.step:
-            from ..profiling import BlockTimeline
-            self._timeline = BlockTimeline(repeated_blocks(model, self.family))
-            self._timeline.start()
+            self._end = self.begin(model)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._timeline is None:
+        if self._end is None:
             return
-        result = {"step": state.global_step, "rank": args.process_index, "world_size": args.world_size,
-                  **self._timeline.stop()}
-        self._timeline = None
+        text = self._end({"step": state.global_step, "rank": args.process_index, "world_size": args.world_size})
+        self._end = None
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        Path(self.out_dir, f"timeline_rank{args.process_index}.json").write_text(json.dumps(result, indent=1))
+        Path(self.out_dir, self.filename.format(rank=args.process_index)).write_text(text)
+
+
+def _begin_profile(model):
+    """torch.profiler over the step; its report (cogip.profiling.report)."""
+    from torch.profiler import ProfilerActivity, profile
+    from ..profiling import report
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+    prof.start()
+
+    def end(head: dict) -> str:
+        if cuda:
+            torch.cuda.synchronize()
+        prof.stop()
+        return f"step {head['step']}, rank {head['rank']}/{head['world_size']}\n\n" + report(prof)
+    return end
+
+
+def _begin_timeline(family: Family, model):
+    """cogip.profiling.BlockTimeline over the step's repeated blocks, as JSON."""
+    from ..profiling import BlockTimeline
+    timeline = BlockTimeline(repeated_blocks(model, family))
+    timeline.start()
+    return lambda head: json.dumps({**head, **timeline.stop()}, indent=1)
 
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
@@ -238,10 +236,12 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
     kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
-    extra = [ProfileStep(pargs.profile_step, targs.output_dir)] if pargs.profile_step else []
+    trainer = build_trainer(margs, dargs, largs, targs, [timer, *(callbacks or [])])
+    if pargs.profile_step:
+        trainer.add_callback(RecordStep(pargs.profile_step, targs.output_dir, "profile_rank{rank}.txt", _begin_profile))
     if pargs.timeline_step:
-        extra.append(TimelineStep(pargs.timeline_step, targs.output_dir, resolve_family(margs.model_id, margs.family)))
-    trainer = build_trainer(margs, dargs, largs, targs, [timer, *extra, *(callbacks or [])])
+        trainer.add_callback(RecordStep(pargs.timeline_step, targs.output_dir, "timeline_rank{rank}.json",
+                                        partial(_begin_timeline, trainer.family)))
     result = trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
