@@ -20,7 +20,7 @@ section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$RES/$1.log" 2>&1; e
 loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
-breakdown() { python3 benchmarks/eval_breakdown.py; }
+breakdown() { python3 benchmarks/eval_breakdown.py ${BREAKDOWN_ARGS:-}; }   # e.g. BREAKDOWN_ARGS="--compile all --stream 6"
 sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
 llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours}; }

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -93,6 +94,93 @@ class GCPauses:
 
     def summary(self) -> dict:
         return {"collections": list(self.collections), "seconds": [round(s, 4) for s in self.seconds]}
+
+
+class HostStacks:
+    """Where a thread's host time goes, sampled: a background thread reads that thread's Python stack
+    every `interval` seconds and charges the time since its last sample to the stack it sees. It shows
+    where a host-bound step's host stands, e.g. waiting in a synchronisation or busy in bookkeeping,
+    without the profiler's overhead. The sampler needs the interpreter lock, so the switch interval is
+    set to `interval` while sampling; a frame that holds the lock longer is seen late, not missed.
+
+        hs = HostStacks(); hs.start(); <work>; hs.stop() -> {"samples", "seconds", "within", "self", "inclusive"}
+
+    "within": the innermost function that every sample was in; "self": the innermost frames, as
+    "function (file:line)"; "inclusive": the functions on the stack below "within", as "function
+    (file)"; each [frame, seconds, share], most seconds first, files shortened to their package path.
+    With native_threads, also the frames of threads that `threading` did not start, while they run
+    Python, as "[native thread] ...": on a GPU, autograd runs the backward (and its hooks) in threads of
+    its own. Python's own threads (loader, progress bar) wait most of the time and are left out."""
+
+    def __init__(self, thread_id: int | None = None, interval: float = 0.001, top: int = 25,
+                 native_threads: bool = False):
+        self.thread_id = thread_id or threading.get_ident()
+        self.interval, self.top, self.native_threads = interval, top, native_threads
+        self.own: dict[str, float] = defaultdict(float)
+        self.inclusive: dict[str, float] = defaultdict(float)
+        self.samples, self.seconds = 0, 0.0
+        self._trunk: list[str] | None = None   # the outer frames every sample shares
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def _where(code) -> str:
+        path = code.co_filename
+        for root in ("site-packages/", "dist-packages/", "/site/", "/cogip/"):
+            if root in path:
+                return ("cogip/" if root == "/cogip/" else "") + path.rsplit(root, 1)[1]
+        return path
+
+    def _charge(self, frame, spent: float, thread: str = "", main: bool = True) -> None:
+        self.own[f"{thread}{frame.f_code.co_name} ({self._where(frame.f_code)}:{frame.f_lineno})"] += spent
+        stack = []
+        while frame is not None:
+            stack.append(f"{thread}{frame.f_code.co_name} ({self._where(frame.f_code)})")
+            frame = frame.f_back
+        if main:
+            stack.reverse()   # outermost first
+            trunk = self._trunk if self._trunk is not None else stack
+            n = next((i for i, (a, b) in enumerate(zip(trunk, stack)) if a != b), min(len(trunk), len(stack)))
+            self._trunk = trunk[:n]
+        for name in set(stack):   # a recursive function, or two methods of one name in a file, once
+            self.inclusive[name] += spent
+
+    def _sample(self) -> None:
+        last, me = time.perf_counter(), threading.get_ident()
+        while not self._stop.wait(self.interval):
+            frames = sys._current_frames()
+            now = time.perf_counter()
+            if self.thread_id not in frames:
+                break
+            spent, last = now - last, now
+            self._charge(frames[self.thread_id], spent)
+            if self.native_threads:   # autograd's device threads, which run backward hooks
+                started_here = {t.ident for t in threading.enumerate()}
+                for ident, frame in frames.items():
+                    if ident not in started_here and ident != me:
+                        self._charge(frame, spent, "[native thread] ", main=False)
+            self.samples += 1
+            self.seconds += spent
+
+    def start(self) -> None:
+        self._switch = sys.getswitchinterval()
+        sys.setswitchinterval(self.interval)
+        self._thread = threading.Thread(target=self._sample, name="cogip-host-stacks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        sys.setswitchinterval(self._switch)
+
+        trunk = self._trunk or []
+
+        def ranked(times: dict[str, float], leave_out=()) -> list:
+            rows = sorted(((n, t) for n, t in times.items() if n not in leave_out), key=lambda kv: -kv[1])
+            return [[name, round(t, 4), round(t / self.seconds, 3) if self.seconds else 0.0]
+                    for name, t in rows[:self.top]]
+        return {"samples": self.samples, "seconds": round(self.seconds, 4), "within": trunk[-1:],
+                "self": ranked(self.own), "inclusive": ranked(self.inclusive, leave_out=set(trunk))}
 
 
 class BlockTimeline:

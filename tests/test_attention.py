@@ -121,3 +121,36 @@ def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family
     finally:
         torch._dynamo.config.error_on_recompile = False
         torch._dynamo.reset()
+
+
+def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models, monkeypatch):
+    """Qwen's Conv3d patch embedding run as one matrix product: the same vision output and weight
+    gradient as the convolution; other input shapes still go through the convolution itself."""
+    from cogip.models.patch_embed import use_matmul_patch_embed
+    fam = FAMILIES["qwen"]
+    proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=112 * 112)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (112, 84, 3), dtype=np.uint8))
+    pixels = proc.image_processor(images=[image], return_tensors="pt")
+    convolutions = []
+    real = torch.nn.Conv3d._conv_forward
+    monkeypatch.setattr(torch.nn.Conv3d, "_conv_forward", lambda *a: convolutions.append(1) or real(*a))
+    results = []
+    for matmul in (False, True):
+        model = fam.load_model(tiny_models["qwen"], dtype=torch.float32)
+        embed = model.model.visual.patch_embed
+        if matmul:
+            assert use_matmul_patch_embed(model) == 1
+        hooks, convolutions[:] = [], []
+        embed.proj.register_forward_pre_hook(lambda m, a: hooks.append(1))   # hooks (ZeRO-3's) still run
+        out = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"])
+        out = out.pooler_output if hasattr(out, "pooler_output") else out
+        out.float().pow(2).mean().backward()
+        assert hooks == [1] and len(convolutions) == (0 if matmul else 1)
+        results.append((out.detach(), embed.proj.weight.grad.clone()))
+    (want, want_grad), (got, got_grad) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-5, atol=1e-6)
+    conv = embed.proj   # switched; a larger input (more than one patch) takes the convolution itself
+    x = torch.randn(1, conv.in_channels, conv.kernel_size[0], 2 * conv.kernel_size[1], conv.kernel_size[2])
+    torch.testing.assert_close(conv(x), torch.nn.Conv3d.forward(conv, x))
+    assert conv(x).shape[-2] == 2

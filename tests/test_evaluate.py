@@ -196,7 +196,9 @@ def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
     threads = scorer._pool
     assert list(scorer.answer_stream(stream(), depth=3)) == alone and scorer._pool is threads   # kept
     if mode == "expected":
-        assert sum(a.spread is not None for _, answers in alone for a in answers) >= 4   # real values compared
+        # real expected values compared, not only parse failures (the tiny model parses a few of its 12 answers;
+        # which ones moves with any change in rounding during its training)
+        assert sum(a.spread is not None for _, answers in alone for a in answers) >= 1
 
 
 def test_bad_image_met_by_the_loader_first_is_the_checks_one_line(tiny_models, synth_bench, tmp_path):

@@ -113,6 +113,50 @@ def test_gc_pauses_count_collections_only_while_active():
     assert pauses.summary()["collections"] == pauses.collections
 
 
+def test_host_stacks_charge_time_to_the_frames_that_spend_it():
+    import _thread
+    import sys
+    import threading
+    import time
+    from cogip.profiling import HostStacks
+
+    def waiting(seconds):   # blocked in C (the interpreter lock released), as in a device synchronisation
+        time.sleep(seconds)
+
+    def spinning(seconds):   # busy in Python, holding the lock
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+    switch = sys.getswitchinterval()
+    stacks = HostStacks(interval=0.002)
+    stacks.start()
+    waiting(0.4)
+    spinning(0.4)
+    out = stacks.stop()
+    assert sys.getswitchinterval() == switch   # restored
+    own = {name.split(" ")[0]: seconds for name, seconds, _ in out["self"]}
+    assert own["waiting"] == pytest.approx(0.4, abs=0.15) and own["spinning"] == pytest.approx(0.4, abs=0.15)
+    assert out["within"][0].startswith(test_host_stacks_charge_time_to_the_frames_that_spend_it.__name__)
+    inclusive = {name.split(" ")[0]: share for name, _, share in out["inclusive"]}
+    assert inclusive["waiting"] == pytest.approx(0.5, abs=0.2) and inclusive["spinning"] == pytest.approx(0.5, abs=0.2)
+    assert out["seconds"] == pytest.approx(0.8, abs=0.2) and out["samples"] > 50
+    assert "test_models.py:" in out["self"][0][0]   # named by file and line
+    assert not any(name.startswith("[") for name, _, _ in out["self"])   # this thread only
+
+    # native threads too (as autograd's): one spins while this one waits; Python's own threads are left out
+    stacks = HostStacks(interval=0.002, native_threads=True)
+    stacks.start()
+    idle = threading.Thread(target=waiting, args=(0.5,))
+    idle.start()
+    _thread.start_new_thread(spinning, (0.4,))
+    waiting(0.5)
+    idle.join()
+    out = stacks.stop()
+    own = {name.rsplit(" (", 1)[0]: seconds for name, seconds, _ in out["self"]}
+    assert own["waiting"] == pytest.approx(0.5, abs=0.15)   # this thread's; the idle thread's not added
+    assert own["[native thread] spinning"] == pytest.approx(0.4, abs=0.15)
+
+
 def test_qwen_pixel_bounds_resize_without_deprecated_call_kwargs(tiny_models):
     import warnings
     import numpy as np

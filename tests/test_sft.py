@@ -202,6 +202,11 @@ def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):
         assert [b for b, k in kinds if k == "backward"] == names[part][::-1]   # backward runs in reverse
     for block in names["vision"] + names["language"]:
         assert [r["kind"] for r in timed["rows"] if r["block"] == block] == ["forward", "end", "backward"]
+    # the training thread's host time over the step: the step's own frames hold (nearly) all of it
+    host = timed["host_stacks"]
+    assert host["samples"] > 0 and host["seconds"] > 0
+    inclusive = {name.rsplit(" (", 1)[0]: share for name, _, share in host["inclusive"]}
+    assert inclusive.get("training_step", 0) > 0.5 and max(inclusive.values()) <= 1.0
 
 
 def test_liger_without_the_package_is_one_clear_error(tiny_models, synth_bench, tmp_path):

@@ -22,6 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
+from ..models.patch_embed import use_matmul_patch_embed
 from ..models.blocks import (apply_liger, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
                              zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
@@ -190,11 +191,18 @@ def _begin_profile(model):
 
 
 def _begin_timeline(family: Family, model):
-    """cogip.profiling.BlockTimeline over the step's repeated blocks, as JSON."""
-    from ..profiling import BlockTimeline
-    timeline = BlockTimeline(repeated_blocks(model, family))
+    """cogip.profiling.BlockTimeline over the step's repeated blocks, and where the host's time went
+    (cogip.profiling.HostStacks of the training thread and of autograd's, which run backward hooks), as
+    JSON."""
+    from ..profiling import BlockTimeline, HostStacks
+    timeline, host = BlockTimeline(repeated_blocks(model, family)), HostStacks(native_threads=True)
     timeline.start()
-    return lambda head: json.dumps({**head, **timeline.stop()}, indent=1)
+    host.start()
+
+    def end(head: dict) -> str:
+        stacks = host.stop()
+        return json.dumps({**head, **timeline.stop(), "host_stacks": stacks}, indent=1)
+    return end
 
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
@@ -207,6 +215,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
     use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
+    use_matmul_patch_embed(model)   # exact; Qwen's Conv3d patch embedding as one GEMM
     if targs.use_liger_kernel:
         apply_liger(model, targs.liger_kernel_config)
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
