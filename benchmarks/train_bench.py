@@ -35,7 +35,7 @@ from loss_bench import published_from_logits  # noqa: E402
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import use_fast_vision_attention  # noqa: E402
-from cogip.models.patch_embed import use_matmul_patch_embed  # noqa: E402
+from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
 from cogip.models.blocks import apply_liger, compile_blocks, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
@@ -108,7 +108,7 @@ def main():
         if base == "ours" and not use_fast_vision_attention(model) and a.family == "qwen":
             raise RuntimeError("varlen vision attention did not switch on")
         if base == "ours":
-            use_matmul_patch_embed(model)
+            use_fast_vision_matmuls(model)
         if "liger" in opts:
             apply_liger(model)
         model.config.use_cache = False

@@ -4,6 +4,7 @@ per-window loop, on equal windows (plain views) and on mixed window lengths (gro
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cogip.models import attention
@@ -126,7 +127,7 @@ def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family
 def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models, monkeypatch):
     """Qwen's Conv3d patch embedding run as one matrix product: the same vision output and weight
     gradient as the convolution; other input shapes still go through the convolution itself."""
-    from cogip.models.patch_embed import use_matmul_patch_embed
+    from cogip.models.vision_matmuls import use_matmul_patch_embed
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=112 * 112)
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (112, 84, 3), dtype=np.uint8))
@@ -154,3 +155,39 @@ def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models
     x = torch.randn(1, conv.in_channels, conv.kernel_size[0], 2 * conv.kernel_size[1], conv.kernel_size[2])
     torch.testing.assert_close(conv(x), torch.nn.Conv3d.forward(conv, x))
     assert conv(x).shape[-2] == 2
+
+
+def test_padded_vision_mlp_matches_the_unpadded_in_values_and_gradients(tiny_models, monkeypatch):
+    """Qwen's vision MLP (width 60 here, no multiple of 8, as the real 3420) run with zero-padded
+    weights: the same logits and vision gradients as transformers' own MLP, and the padded products
+    (width 64) are what runs."""
+    from cogip.models import vision_matmuls
+    fam = FAMILIES["qwen"]
+    proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=112 * 112)
+    proc.tokenizer.padding_side = "left"
+    images = [Image.fromarray(np.random.default_rng(s).integers(0, 256, (112, 84, 3), dtype=np.uint8)) for s in (3, 4)]
+    batch = proc(text=[fam.chat_prompt(proc, "How beautiful?")] * 2, images=images, return_tensors="pt", padding=True)
+    widths = []
+    real_linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda x, w, b=None: widths.append(tuple(w.shape)) or real_linear(x, w, b))
+    results = []
+    for padded in (False, True):
+        torch.manual_seed(0)
+        model = fam.load_model(tiny_models["qwen"], dtype=torch.float32)
+        width = model.config.vision_config.intermediate_size
+        assert width % 8   # the case this is for
+        if padded:
+            assert vision_matmuls.pad_vision_mlps(model) == model.config.vision_config.depth
+            assert vision_matmuls.pad_vision_mlps(model.model.language_model) == 0   # aligned, and no vision tower
+        widths.clear()
+        logits = model(**batch).logits
+        logits.float().pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if ".visual." in f".{n}" and p.grad is not None}
+        hidden = model.config.vision_config.hidden_size
+        assert ((width + -width % 8, hidden) in widths) == padded and ((width, hidden) in widths) != padded
+        results.append((logits.detach(), grads))
+    (want, want_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert got_grads.keys() == want_grads.keys() and any("mlp.gate_proj" in n for n in got_grads)
+    for name in want_grads:
+        torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -32,7 +32,7 @@ from ..dims import Dimension, get_dimension
 from ..errors import CogipError
 from ..loss import NumberTokens
 from ..models.attention import use_fast_vision_attention
-from ..models.patch_embed import use_matmul_patch_embed
+from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import compile_blocks
 from ..models.families import Family, detect_family, get_family
 from ..parse import parse_answer
@@ -63,7 +63,7 @@ class Scorer:
         self.cudnn_attention = cudnn_attention
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
-        use_matmul_patch_embed(model)   # exact; Qwen's Conv3d patch embedding as one GEMM
+        use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self.max_new_tokens = max_new_tokens

@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
-from ..models.patch_embed import use_matmul_patch_embed
+from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import (apply_liger, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
                              zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
@@ -215,7 +215,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
     use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
-    use_matmul_patch_embed(model)   # exact; Qwen's Conv3d patch embedding as one GEMM
+    use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
     if targs.use_liger_kernel:
         apply_liger(model, targs.liger_kernel_config)
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
