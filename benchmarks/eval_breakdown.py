@@ -80,21 +80,19 @@ def main():
 
 
 def vision_ops(model, gpu):
-    """The vision tower's ATen operators (not kernels) by their own device time, with their shapes and
-    the Python lines that called them: which operator each elementwise copy kernel belongs to."""
+    """The vision tower's ATen operators (not kernels) by their own device time, with their shapes: which
+    operator a kernel of the tables above belongs to, where its name does not say."""
     from torch.profiler import ProfilerActivity, profile
     pixels = gpu["pixel_values"].to(torch.bfloat16)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True, with_stack=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         model.model.visual(pixels, grid_thw=gpu["image_grid_thw"])
         torch.cuda.synchronize()
-    rows = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=4)
+    rows = [e for e in prof.key_averages(group_by_input_shape=True)
             if e.key.startswith("aten::") and e.self_device_time_total > 0]
     rows.sort(key=lambda e: -e.self_device_time_total)
     print("vision tower, ATen operators by own device time:")
     for e in rows[:14]:
         print(f"{e.self_device_time_total / 1e3:9.2f} ms  {e.count:4d}x  {e.key}  {str(e.input_shapes)[:110]}")
-        for frame in e.stack[:4]:
-            print(f"{'':24}{frame}")
 
 
 def stream_profile(scorer, batch, a):

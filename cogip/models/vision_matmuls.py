@@ -53,9 +53,12 @@ def use_matmul_patch_embed(model) -> int:
 def _padded_gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
     pad = -self.gate_proj.out_features % ALIGN
     g, u, d = self.gate_proj, self.up_proj, self.down_proj
-    rows = lambda t: None if t is None else F.pad(t, (0, 0, 0, pad) if t.dim() == 2 else (0, pad))  # noqa: E731
-    hidden = self.act_fn(F.linear(x, rows(g.weight), rows(g.bias))) * F.linear(x, rows(u.weight), rows(u.bias))
-    return F.linear(hidden, F.pad(d.weight, (0, pad)), d.bias)
+
+    def more_outputs(t):   # zero rows of a weight, zeros at the end of a bias
+        return None if t is None else F.pad(t, (0, 0, 0, pad) if t.dim() == 2 else (0, pad))
+    gate = F.linear(x, more_outputs(g.weight), more_outputs(g.bias))
+    up = F.linear(x, more_outputs(u.weight), more_outputs(u.bias))
+    return F.linear(self.act_fn(gate) * up, F.pad(d.weight, (0, pad)), d.bias)   # zero columns: more inputs
 
 
 def pad_vision_mlps(model) -> int:
