@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("script,report", [("loss_bench.py", "loss.json"), ("eval_bench.py", "eval_bench.json"),
-                                           ("train_bench.py", "train_bench_qwen.json")])
+                                           ("train_bench.py", "train_bench_qwen.json"),
+                                           ("mlp_pad_probe.py", "mlp_pad_probe.json")])
 def test_benchmark_smoke(tmp_path, script, report):
     args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
     if script == "eval_bench.py":
@@ -24,6 +25,10 @@ def test_benchmark_smoke(tmp_path, script, report):
     if script == "loss_bench.py":
         row = data["rows"][0]
         assert row["ours"]["ms"] > 0 and row["published"]["ms"] > 0 and row["plain_ce"]["ms"] > 0
+    elif script == "mlp_pad_probe.py":   # six variants; zero padding changes no value (float32 here)
+        variants = {k: v for k, v in data.items() if isinstance(v, dict)}
+        assert len(variants) == 6 and all(v["ms_per_call"] > 0 for v in variants.values())
+        assert max(v["max_abs_diff"] for v in variants.values()) < 1e-5
     elif script == "eval_bench.py":
         assert data["published_img_s"] > 0 and data["generate_bs4_img_s"] > 0 and data["expected_bs4_img_s"] > 0
         assert data["pipe2+workers2_generate_bs4_img_s"] > 0 and data["pipe2+workers2_expected_bs4_img_s"] > 0
