@@ -1,6 +1,12 @@
-"""What one profiled stretch of work did with its time: the GPU's busy and idle time, collectives,
-the host's waits on the device, and the top operators. Shared by `--profile_step` of the SFT entry
-point and the benchmark scripts, so every profile in docs/benchmarks.md reads the same way."""
+"""Where a stretch of work spends its time, shared by the SFT entry point (`--profile_step`,
+`--timeline_step`), the benchmark loop's timing.json and the benchmark scripts, so every figure in
+docs/benchmarks.md reads the same way:
+
+- `timeline` / `report`: a torch.profiler run's GPU busy and idle time, collectives, the host's waits
+  on the device, and the top operators;
+- `GCPauses`: Python's garbage collections while active;
+- `HostStacks`: sampled Python stacks, where the host's time goes;
+- `BlockTimeline`: when each repeated block began on the device and on the host, without the profiler."""
 
 from __future__ import annotations
 

@@ -75,8 +75,8 @@ class ProfileArguments:
                 "(GPU busy/idle time, collectives, host waits on the device, top operators; cogip.profiling)"})
     timeline_step: int | None = field(default=None, metadata={
         "help": "time every repeated block in this optimizer step (1-based), without the profiler: each rank writes "
-                "timeline_rank<R>.json (device and host start of each block's forward and backward; "
-                "cogip.profiling.BlockTimeline)"})
+                "timeline_rank<R>.json (device and host start of each block's forward and backward, and sampled "
+                "host stacks; cogip.profiling.BlockTimeline, HostStacks)"})
 
 
 def resolve_family(model_id: str, family: str | None) -> Family:
