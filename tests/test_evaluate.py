@@ -172,6 +172,35 @@ def test_pipelined_run_resumes_after_interruption(trained, synth_bench, tmp_path
     assert run_benchmark(scorer, out=tmp_path / "killed", pipeline=3, **kw) == straight
 
 
+class OneRankOfTwo:
+    """What `run_benchmark` reads of accelerate's state, for one data-parallel rank run alone."""
+
+    def __init__(self, rank):
+        self.process_index, self.num_processes = rank, 2
+
+    def wait_for_everyone(self):
+        pass
+
+
+def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path):
+    """Rank 1 finishes before rank 0 starts (a rank that loads faster writes records early): rank 0 still
+    answers exactly its own share, and the gathered metrics are the one-process run's."""
+    scorer = Scorer.load(str(trained["qwen"]))
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Aesthetics"], batch_size=3, mode="expected")
+    straight = run_benchmark(scorer, out=tmp_path / "one", **kw)
+    assert run_benchmark(scorer, out=tmp_path / "two", accelerator=OneRankOfTwo(1), **kw) == {}
+    gathered = run_benchmark(scorer, out=tmp_path / "two", accelerator=OneRankOfTwo(0), **kw)
+    shards = [[json.loads(line)["index"] for line in (tmp_path / "two" / "Aesthetics" / f"records.rank{r}.jsonl")
+               .read_text().splitlines()] for r in (0, 1)]
+    n = len(read_records(tmp_path / "one" / "Aesthetics"))
+    assert shards == [list(range(0, n, 2)), list(range(1, n, 2))]
+    assert gathered.keys() == straight.keys()
+    for key, value in straight["Aesthetics"].items():   # other batch compositions: equal up to float rounding
+        numbers = isinstance(value, float) or isinstance(value, list) and all(isinstance(v, float) for v in value)
+        assert gathered["Aesthetics"][key] == (pytest.approx(value, rel=1e-5) if numbers else value), key
+
+
 @pytest.mark.parametrize("mode", ["generate", "expected"])
 def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=12)

@@ -144,9 +144,13 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                              file=str(run_file))
         finished = read_records(out / name)
         todo[name] = [i for i in indices if i not in finished]
+    # This rank's share is fixed by position in the whole sample, then thinned by what is finished. A share
+    # of what is left would shift as soon as another rank, started earlier, has written records.
+    share = {name: [i for i in indices[rank::world] if i in left] for name, (_, indices) in plan.items()
+             for left in [set(todo[name])]}
 
     # one loader over every dimension's batches: its workers start once and stay ahead across dimensions
-    chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [todo[name][rank::world]]
+    chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [share[name]]
               for s in range(0, len(mine), batch_size)]
     if num_workers and chunks and batch_size >= 8:
         # ramp up: the first batch split into a quarter, a quarter and a half, each prepared by its own
