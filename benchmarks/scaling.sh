@@ -21,10 +21,12 @@ fi
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
 common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
         REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
-sft() {   # sft DS_CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed)
+sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed),
+            # or FSDP_DIR (sft/fsdp) for names fsdp*
   local ds=$1 g=$2 parts=${3:-} run="sft_$1_$2gpu${3:+_ckpt-$3}" dsarg=(DS_CONFIG=${DS_DIR:-sft/deepspeed}/$1.json)
   local launcher_env=("${@:4}"); for kv in "${launcher_env[@]}"; do run+="_${kv//[^A-Za-z0-9_=.-]/-}"; done
   [ "$ds" = none ] && dsarg=(DS_CONFIG=)
+  [[ $ds == fsdp* ]] && dsarg=(DS_CONFIG= FSDP_CONFIG=${FSDP_DIR:-sft/fsdp}/$1.json)   # e.g. sft_fsdp2_2gpu
   echo "=== $run"
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
     GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} "${launcher_env[@]}" \

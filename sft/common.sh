@@ -5,6 +5,7 @@
 #   MODEL_ID DATA_PATH IMAGE_FOLDER OUTPUT_DIR  model, data, images, output
 #   NUM_GPUS (auto)  GLOBAL_BATCH (128)  PER_DEVICE_BATCH (4)  -> accumulation computed
 #   DS_CONFIG (sft/deepspeed/zero2.json on GPUs; "" for none)  LAUNCHER (deepspeed|torchrun|python)
+#   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
@@ -18,6 +19,11 @@ devices=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
 GRAD_ACCUM=${GRAD_ACCUM:-$(( GLOBAL_BATCH / (PER_DEVICE_BATCH * devices) ))}
 (( GRAD_ACCUM >= 1 )) || GRAD_ACCUM=1
 
+FSDP_CONFIG=${FSDP_CONFIG:-}
+if [ -n "$FSDP_CONFIG" ]; then   # one sharding engine per run
+  [ -n "${DS_CONFIG:-}" ] && { echo "cogip sft: set DS_CONFIG or FSDP_CONFIG, not both" >&2; exit 2; }
+  DS_CONFIG=""
+fi
 if (( NUM_GPUS > 0 )); then
   DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
@@ -25,6 +31,7 @@ if (( NUM_GPUS > 0 )); then
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
                --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")
   [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")
+  [ -n "$FSDP_CONFIG" ] && device_args+=(--fsdp --fsdp_config "$FSDP_CONFIG")
 else   # the same script on a CPU: the demo and the tests use it unchanged
   DS_CONFIG=""
   device_args=(--use_cpu True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-False}" --dataloader_num_workers 0)
@@ -47,7 +54,7 @@ args=(
   "${device_args[@]}" "${FAMILY_ARGS[@]}" "$@"
 )
 
-LAUNCHER=${LAUNCHER:-$( (( NUM_GPUS > 1 )) && { [ -n "$DS_CONFIG" ] && echo deepspeed || echo torchrun; } || echo python)}
+LAUNCHER=${LAUNCHER:-$( { (( NUM_GPUS > 1 )) || { [ -n "$FSDP_CONFIG" ] && (( NUM_GPUS > 0 )); }; } && { [ -n "$DS_CONFIG" ] && echo deepspeed || echo torchrun; } || echo python)}
 echo "cogip sft: family=$FAMILY gpus=$NUM_GPUS per_device=$PER_DEVICE_BATCH accumulation=$GRAD_ACCUM launcher=$LAUNCHER" >&2
 case "$LAUNCHER" in
   deepspeed) exec deepspeed --num_gpus "$NUM_GPUS" --module cogip.train.sft "${args[@]}" ;;

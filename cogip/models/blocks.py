@@ -1,6 +1,6 @@
 """The repeated blocks of a model by part (language, vision), and what is done to them for speed:
 gradient checkpointing by part (recompute only where memory needs it), `torch.compile`, Liger's
-fused kernels, ZeRO-3 gathering by block.
+fused kernels, ZeRO-3 and FSDP2 gathering by block.
 
 Transformers checkpoints every `GradientCheckpointingLayer` or none. Recomputing costs a forward pass
 of the part, so a part whose activations fit is faster left alone; and a block transformers cannot
@@ -93,6 +93,17 @@ def zero3_prefetch_blocks(ds_config: dict, model, family: Family) -> int | None:
                for _, block, _ in repeated_blocks(model, family))
     zero["stage3_prefetch_bucket_size"] = size
     return size
+
+
+def fsdp_wrap_blocks(plugin_args: dict, model, family: Family) -> list[str]:
+    """Make each repeated block one FSDP2 unit (gathered when it starts, as `zero3_leaf_blocks` does for
+    ZeRO-3) where the FSDP config names no classes; returns the class names set. `plugin_args` is
+    `TrainingArguments.fsdp_plugin_args`, read when the Trainer builds its accelerator."""
+    if plugin_args.get("auto_wrap_policy") != "TRANSFORMER_BASED_WRAP" or plugin_args.get("transformer_cls_names_to_wrap"):
+        return []
+    names = sorted({type(block).__name__ for _, block, _ in repeated_blocks(model, family)})
+    plugin_args["transformer_cls_names_to_wrap"] = ",".join(names)
+    return names
 
 
 def apply_liger(model, config: dict | None = None) -> None:

@@ -23,8 +23,8 @@ from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (apply_liger, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
-                             zero3_prefetch_blocks)
+from ..models.blocks import (apply_liger, fsdp_wrap_blocks, parse_parts, repeated_blocks, set_checkpointing,
+                             zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -225,6 +225,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
+    if targs.fsdp_plugin_args is not None:
+        fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)   # FSDP2 too gathers block by block
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
@@ -271,7 +273,10 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return exit_code("cogip sft", run, argv)
+    code = exit_code("cogip sft", run, argv)
+    if torch.distributed.is_initialized():   # else gloo's threads abort the process at exit (FSDP on the CPU)
+        torch.distributed.destroy_process_group()
+    return code
 
 
 if __name__ == "__main__":

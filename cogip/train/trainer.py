@@ -23,7 +23,30 @@ def supervised_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits [N, V], targets [N]) at the N positions that predict a supervised token.
 
     Runs the backbone without its lm_head and projects only those positions, so the vocabulary
-    projection never touches image and prompt tokens."""
+    projection never touches image and prompt tokens. Under FSDP2 it runs as a forward method of the
+    sharded root (`as_fsdp_forward`)."""
+    fsdp_forward = getattr(model, FSDP_FORWARD, None)
+    return fsdp_forward(inputs) if fsdp_forward is not None else _supervised_logits(model, inputs)
+
+
+FSDP_FORWARD = "cogip_supervised_logits"
+
+
+def as_fsdp_forward(model) -> bool:
+    """Make `supervised_logits(model, …)` run inside the FSDP2 root's forward hooks; True if it did.
+
+    FSDP2 gathers a unit's own parameters (for the root: all outside the wrapped blocks, e.g. Qwen's
+    patch embedding and merger) and arms its backward only around `forward()`. `supervised_logits`
+    calls the backbone and lm_head directly, so it is registered as a forward method of the root."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+    if not isinstance(model, FSDPModule) or hasattr(model, FSDP_FORWARD):
+        return False
+    setattr(model, FSDP_FORWARD, _supervised_logits.__get__(model))
+    register_fsdp_forward_method(model, FSDP_FORWARD)
+    return True
+
+
+def _supervised_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
     core = unwrap(model)
     labels = inputs["labels"]
     kwargs = {k: v for k, v in inputs.items() if k not in MODEL_INPUTS_DROP}
@@ -47,6 +70,7 @@ class CogipTrainer(Trainer):
         self._parts = torch.zeros(3)   # regular sum, numeric sum, tokens since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        as_fsdp_forward(model)   # once, under FSDP2
         logits, targets = supervised_logits(model, inputs)
         self.loss_fn.to(logits.device)
         total, regular, numeric = self.loss_fn(logits, targets)
