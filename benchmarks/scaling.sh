@@ -8,6 +8,7 @@
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
+#   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
 set -uo pipefail
 N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
@@ -41,7 +42,7 @@ evaluate() {   # evaluate GPUS
   local run="eval_$1gpu"; echo "=== $run"
   env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images" \
     SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" \
-    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 > "$OUT/$run.log" 2>&1
+    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 ${EVAL_ARGS:-} > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, ZeRO-3 last (its one-GPU run measures ZeRO-3's own overhead; the

@@ -201,6 +201,21 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
         assert gathered["Aesthetics"][key] == (pytest.approx(value, rel=1e-5) if numbers else value), key
 
 
+def test_profile_of_the_first_batches(trained, synth_bench, tmp_path):
+    scorer = Scorer.load(str(trained["qwen"]))
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Funniness"], batch_size=2, mode="generate", pipeline=2)
+    plain = run_benchmark(scorer, out=tmp_path / "plain", **kw)
+    profiled = run_benchmark(scorer, out=tmp_path / "profiled", profile_batches=2, **kw)
+    assert profiled == plain
+    text = (tmp_path / "profiled" / "profile.txt").read_text()
+    assert text.startswith("the loop's first 2 batches")
+    timeline = json.loads(text.split("timeline: ", 1)[1].split("\n\n", 1)[0])
+    assert timeline["wall_ms"] > 0
+    assert "aten::mm" in text or "aten::addmm" in text   # the answering threads' operators are in it
+    assert not (tmp_path / "plain" / "profile.txt").exists()
+
+
 @pytest.mark.parametrize("mode", ["generate", "expected"])
 def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=12)

@@ -10,8 +10,9 @@ Per dimension, into OUT/<Dim>/:
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
 all ranks together; when the loader's workers had started and the first batch and answers came,
 the items done after each batch, and Python's garbage-collection pauses), OUT/summary.png, plus a
-printed table. Rerunning into OUT skips finished items; a killed run loses no finished item and ends
-with the same metrics as an uninterrupted one.
+printed table; with --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start
+until N batches are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a
+killed run loses no finished item and ends with the same metrics as an uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
 """
@@ -113,10 +114,37 @@ class _Batches(torch.utils.data.Dataset):
         return name, chunk, self.prepare(images, [items[i].prompt for i in chunk])
 
 
+def _start_profile(path: Path, batches: int):
+    """Starts torch.profiler if batches > 0; returns `stop()`, which writes its report (host operators, the
+    CUDA runtime's calls, kernels) to path the first time it is called. For where a run's start-up goes."""
+    if batches <= 0:
+        return lambda: None
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, profile
+    from ..profiling import report
+    # every thread's operators: the batches are answered on threads of their own
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []),
+                   experimental_config=_ExperimentalConfig(profile_all_threads=True))
+    prof.start()
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        if stopped:
+            return
+        stopped = True
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        prof.stop()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, f"the loop's first {batches} batches, profiled from its start\n\n" + report(prof))
+    return stop
+
+
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0, pipeline: int = 1) -> dict:
+                  num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -160,6 +188,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         chunks[:1] = [(name, part) for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
     bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
+    profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
     started = time.perf_counter()
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=torch.cuda.is_available(),
@@ -209,10 +238,13 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                     "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
                     "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
                 bar.update(len(chunk))
+                if len(answered) == profile_batches:
+                    profiling()
         except Exception:
             passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
             raise
     passed_check()   # also when nothing was left to answer
+    profiling()   # a run of fewer batches than asked for
     bar.close()
     if accelerator:
         accelerator.wait_for_everyone()
@@ -282,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
                                                 "each holds its own activations)")
+    p.add_argument("--profile-batches", type=int, default=0, metavar="N",
+                   help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
     return exit_code("cogip evaluate", _evaluate, a)
 
@@ -299,7 +333,8 @@ def _evaluate(a) -> None:
                   accelerator=state if state.num_processes > 1 else None,
                   run_info={"model_id": a.model_id, "base_model": a.base_model},
                   num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
-                  pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1))
+                  pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
+                  profile_batches=a.profile_batches)
 
 
 if __name__ == "__main__":
