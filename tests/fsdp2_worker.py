@@ -3,7 +3,9 @@ that accelerate's own FSDP2 preparation has sharded, against the same model unsh
 
 The Trainer runs FSDP only on accelerators (accelerate falls back to DDP on CPUs), so this calls
 `fsdp2_prepare_model` itself, as the Trainer does on GPUs. Both ranks take the same batch, so the
-reduced gradients must equal one process's. Writes rank 0's comparison as JSON to argv[4]."""
+reduced gradients must equal one process's.
+
+    torchrun --nproc_per_node 2 tests/fsdp2_worker.py MODEL_DIR BENCH FSDP_CONFIG OUT.json [FAMILY]"""
 
 import json
 import sys
@@ -26,7 +28,7 @@ from cogip.train.trainer import as_fsdp_forward, supervised_logits
 
 model_dir, bench, config, out = sys.argv[1:5]
 dist.init_process_group("gloo")
-family = get_family("qwen")
+family = get_family(sys.argv[5] if len(sys.argv) > 5 else "qwen")
 processor = family.load_processor(model_dir, **family.pixel_bounds(7056, 7056))
 dataset = load_sft_dataset(f"{bench}/cognition_training.json", f"{bench}/cognition/cognition_images")
 batch = SFTCollator(family, processor)([dataset[i] for i in range(4)])

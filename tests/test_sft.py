@@ -167,6 +167,9 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
     assert "aten::mm" in report   # the operators table
     with pytest.raises(CogipError, match="checkpointing parts"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
+    with pytest.raises(CogipError, match="FSDP needs GPUs"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--fsdp", "--fsdp_config",
+                  str(ROOT / "sft" / "fsdp" / "fsdp2.json")))
 
 
 class ModelProbe(TrainerCallback):
@@ -218,20 +221,26 @@ def test_liger_without_the_package_is_one_clear_error(tiny_models, synth_bench, 
         run(_args(tiny_models["gemma"], synth_bench, tmp_path / "liger", "--use_liger_kernel", "True"))
 
 
-def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_bench, tmp_path):
+FSDP2_BLOCKS = {"qwen": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"],
+                "llama": ["MllamaCrossAttentionDecoderLayer", "MllamaSelfAttentionDecoderLayer", "MllamaVisionEncoderLayer"],
+                "gemma": ["Gemma3DecoderLayer", "SiglipEncoderLayer"]}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_bench, tmp_path, family):
     """FSDP2 as the launcher configures it (sft/fsdp/fsdp2.json, accelerate's wrapping, each repeated block
     a unit): the trainer's loss path gives one process's loss and gradients on two gloo processes."""
     out = tmp_path / "fsdp2.json"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(ROOT / "tests" / "fsdp2_worker.py"), str(tiny_models["qwen"]), str(synth_bench),
-                           str(ROOT / "sft" / "fsdp" / "fsdp2.json"), str(out)],
+                           str(ROOT / "tests" / "fsdp2_worker.py"), str(tiny_models[family]), str(synth_bench),
+                           str(ROOT / "sft" / "fsdp" / "fsdp2.json"), str(out), family],
                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "[rank0]" in l)[-3000:]
     r = json.loads(out.read_text())
-    assert r["blocks"] == ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
-    assert {"FSDPQwen2_5_VLDecoderLayer", "FSDPQwen2_5_VLVisionBlock", "FSDPPeftModel"} <= set(r["units"])
+    assert r["blocks"] == FSDP2_BLOCKS[family]
+    assert {f"FSDP{b}" for b in r["blocks"]} | {"FSDPPeftModel"} <= set(r["units"])
     assert r["sharded_params"] == r["params"]                 # nothing left unsharded
-    assert {"ln_q", "proj"} <= set(r["root_trained"])         # trained parameters outside every block: the root's
+    assert r["root_trained"]                                  # trained vision parameters outside every block
     assert r["registered"] and not r["registered_again"]
     assert r["losses"] == [pytest.approx(r["ref_loss"], rel=1e-6)] * 2
     assert r["grad_names_equal"] and r["max_grad"] > 0.1

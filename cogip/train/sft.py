@@ -209,6 +209,9 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
     parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
+    if targs.fsdp and (targs.use_cpu or not torch.cuda.is_available()):
+        raise CogipError("FSDP needs GPUs: on CPUs accelerate would silently train unsharded (DDP); "
+                         "drop --fsdp / FSDP_CONFIG")
     allow_sdpa_backends(margs.sdpa_backends)
     processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
