@@ -12,21 +12,7 @@ env "${common[@]}" NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG=sft/deepspeed/zero2.js
   bash sft/qwen/finetune_lora.sh --max_steps 6 --save_steps 3 --learning_rate 1e-3 --tune_mode full \
   --vision_lr 1e-3 --merger_lr 1e-3
 ls "$W/zero2" "$W/zero2/checkpoint-6"
-python3 - "$W" <<'PY'
-import sys, torch
-from cogip.models.families import FAMILIES
-from cogip.data.images import open_image
-w = sys.argv[1]; fam = FAMILIES["qwen"]
-model, proc = fam.load_model(f"{w}/zero2"), fam.load_processor(f"{w}/zero2")
-base = fam.load_model(f"{w}/models/qwen")
-img = open_image(f"{w}/bench/cognition/cognition_images/Aesthetics/000050.jpg")
-b = proc(text=[fam.chat_prompt(proc, "Aesthetics? label and score 0-10.")], images=[img], return_tensors="pt")
-with torch.no_grad():
-    d = (model(**b).logits - base(**b).logits).abs().max().item()
-print("checkpoint loads; max |logit change| after ZeRO-2 training:", d)
-assert d > 1e-3
-print("generates:", proc.batch_decode(model.generate(**b, max_new_tokens=8)[:, b["input_ids"].shape[1]:]))
-PY
+python3 benchmarks/check_trained.py "$W" "$W/zero2" ZeRO-2
 fsdp=(NUM_GPUS=2 FSDP_CONFIG=sft/fsdp/fsdp2.json)
 env "${common[@]}" "${fsdp[@]}" OUTPUT_DIR="$W/fsdp2" bash sft/qwen/finetune_lora.sh --max_steps 6 --save_steps 3 \
   --learning_rate 1e-3 --lora_dropout 0
@@ -35,12 +21,9 @@ env "${common[@]}" "${fsdp[@]}" OUTPUT_DIR="$W/fsdp2_resumed" bash sft/qwen/fine
   --learning_rate 1e-3 --lora_dropout 0 --resume_from_checkpoint "$W/fsdp2_resumed/checkpoint-3"
 ls "$W/fsdp2" "$W/fsdp2/checkpoint-3"
 python3 - "$W" <<'PY'
-import sys, torch
+import sys
 from safetensors.torch import load_file
-from cogip.models.families import FAMILIES
-from cogip.data.images import open_image
-from cogip.train.merge import load_adapted
-w = sys.argv[1]; fam = FAMILIES["qwen"]
+w = sys.argv[1]
 straight, resumed = (load_file(f"{w}/{d}/adapter_model.safetensors") for d in ("fsdp2", "fsdp2_resumed"))
 at3 = load_file(f"{w}/fsdp2/checkpoint-3/adapter_model.safetensors")
 assert straight.keys() == resumed.keys() == at3.keys(), "adapter keys differ"
@@ -48,15 +31,8 @@ moved = max((straight[k].float() - at3[k].float()).abs().max().item() for k in s
 apart = max((straight[k].float() - resumed[k].float()).abs().max().item() for k in straight)
 print(f"FSDP2 adapter: {len(straight)} tensors; steps 4-6 moved weights by up to {moved:.3g}; resumed vs straight: {apart:.3g}")
 assert moved > 0 and apart < 0.1 * moved
-model, _ = load_adapted(f"{w}/fsdp2")
-proc, base = fam.load_processor(f"{w}/fsdp2"), fam.load_model(f"{w}/models/qwen")
-img = open_image(f"{w}/bench/cognition/cognition_images/Aesthetics/000050.jpg")
-b = proc(text=[fam.chat_prompt(proc, "Aesthetics? label and score 0-10.")], images=[img], return_tensors="pt")
-with torch.no_grad():
-    d = (model(**b).logits - base(**b).logits).abs().max().item()
-print("FSDP2 adapter loads; max |logit change|:", d)
-assert d > 1e-3
 PY
+python3 benchmarks/check_trained.py "$W" "$W/fsdp2" FSDP2
 ev=(MODEL_ID="$W/zero2" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images"
     SAMPLE_N=0 MIN_PIXELS=7056 MAX_PIXELS=7056 DTYPE=float32 BATCH_SIZE=4)
 env "${ev[@]}" NUM_GPUS=1 OUT="$W/eval1" bash evaluation/qwen/cog_test.sh
