@@ -7,7 +7,8 @@ the loop, each on a freshly built model at the largest batch size, with options 
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
 `--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
 `warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
-workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU).
+workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU), `prefetchN` (each worker keeps N
+prepared batches ready; 2 otherwise), `nopin` (prepared batches not pinned).
 `base` is the loop with none of them. A variant listed again runs again, its rows as `<variant>_run2`.
 A variant that fails is recorded as its error, and the next runs.
 
@@ -111,6 +112,8 @@ def main():
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
         warm = next((int(o[4:]) for o in options if o.startswith("warm")), pipeline)
         n_workers = next((int(o[7:]) for o in options if o.startswith("workers")), workers)
+        loader = {"prefetch": next((int(o[8:]) for o in options if o.startswith("prefetch")), 2),
+                  **({"pin_memory": False} if "nopin" in options else {})}
         scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
                         cudnn_attention="cudnn" in options)
         if label == "base":   # the published loop and the shapes, once
@@ -128,11 +131,11 @@ def main():
                     shutil.rmtree(folder, ignore_errors=True)
                 try:
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=n_workers, sample_n=bs * warm, pipeline=pipeline)
+                                  mode=mode, num_workers=n_workers, sample_n=bs * warm, pipeline=pipeline, **loader)
                     sync()
                     t = time.perf_counter()
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,
-                                  mode=mode, num_workers=n_workers, pipeline=pipeline)
+                                  mode=mode, num_workers=n_workers, pipeline=pipeline, **loader)
                     sync()
                 except Exception as e:   # recorded; the other variants still run
                     results[f"{tag}_error"] = f"{type(e).__name__}: {e}"[:500]

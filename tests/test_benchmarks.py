@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_smoke(tmp_path, script, report):
     args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
     if script == "eval_bench.py":
-        args += ["--variants", "base", "pipe2+workers2", "base"]
+        args += ["--variants", "base", "pipe2+workers2+prefetch1", "base"]
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -31,8 +31,11 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert max(v["max_abs_diff"] for v in variants.values()) < 1e-5
     elif script == "eval_bench.py":
         assert data["published_img_s"] > 0 and data["generate_bs4_img_s"] > 0 and data["expected_bs4_img_s"] > 0
-        assert data["pipe2+workers2_generate_bs4_img_s"] > 0 and data["pipe2+workers2_expected_bs4_img_s"] > 0
-        assert data["pipe2+workers2_expected_bs4_loop"]["workers_started_s"] > 0   # forked two loader workers
+        variant = "pipe2+workers2+prefetch1"
+        assert data[f"{variant}_generate_bs4_img_s"] > 0 and data[f"{variant}_expected_bs4_img_s"] > 0
+        loop = data[f"{variant}_expected_bs4_loop"]
+        assert loop["workers_started_s"] > 0   # forked two loader workers
+        assert loop["loader"] == {"workers": 2, "prefetch": 1, "pin_memory": False}
         assert data["base_run2_generate_bs4_img_s"] > 0 and data["generate_bs4_img_s"] > 0   # a repeat: rows of its own
     else:
         assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours"))

@@ -67,6 +67,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
+        assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False}   # the CPU's defaults
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]
@@ -199,6 +200,14 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
     for key, value in straight["Aesthetics"].items():   # other batch compositions: equal up to float rounding
         numbers = isinstance(value, float) or isinstance(value, list) and all(isinstance(v, float) for v in value)
         assert gathered["Aesthetics"][key] == (pytest.approx(value, rel=1e-5) if numbers else value), key
+
+
+def test_pinned_pool_growth_in_timing():
+    from cogip.evaluate.bench import _pinned_growth
+    before = {"num_host_alloc": 3, "host_alloc_time.total": 1_000_000, "allocated_bytes.current": 2 ** 29}
+    after = {"num_host_alloc": 10, "host_alloc_time.total": 3_500_000, "allocated_bytes.current": 2 ** 31}
+    assert _pinned_growth(before, after) == {"pinned_new_blocks": 7, "pinned_alloc_s": 2.5, "pinned_pool_gib": 2.0}
+    assert _pinned_growth({}, {}) == {}   # no CUDA: nothing to say
 
 
 def test_profile_of_the_first_batches(trained, synth_bench, tmp_path):

@@ -9,10 +9,11 @@ Per dimension, into OUT/<Dim>/:
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
 all ranks together; when the loader's workers had started and the first batch and answers came,
-the items done after each batch, and Python's garbage-collection pauses), OUT/summary.png, plus a
-printed table; with --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start
-until N batches are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a
-killed run loses no finished item and ends with the same metrics as an uninterrupted one.
+the items done after each batch, Python's garbage-collection pauses, and the loader's settings with
+what growing the pinned host-memory pool cost), OUT/summary.png, plus a printed table; with
+--profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
+are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
+no finished item and ends with the same metrics as an uninterrupted one.
 With several processes (`accelerate launch`), items are split between ranks, each appends to its
 own records file, and rank 0 gathers them in item order.
 """
@@ -114,6 +115,28 @@ class _Batches(torch.utils.data.Dataset):
         return name, chunk, self.prepare(images, [items[i].prompt for i in chunk])
 
 
+def _pinned_stats() -> dict:
+    """The pinned host-memory pool's growth counters (torch.cuda.host_memory_stats; empty without CUDA)."""
+    try:
+        stats = torch.cuda.host_memory_stats() if torch.cuda.is_available() else {}
+    except (AttributeError, RuntimeError):   # an older torch
+        stats = {}
+    return {k: stats[k] for k in ("num_host_alloc", "host_alloc_time.total", "allocated_bytes.current") if k in stats}
+
+
+def _pinned_growth(before: dict, after: dict) -> dict:
+    """What growing the pinned pool cost during the run: its new blocks, the seconds spent creating them
+    (page-locking is slow: tens of ms per batch-sized block), and its size after the run."""
+    out = {}
+    if "num_host_alloc" in after:
+        out["pinned_new_blocks"] = after["num_host_alloc"] - before.get("num_host_alloc", 0)
+    if "host_alloc_time.total" in after:   # microseconds
+        out["pinned_alloc_s"] = round((after["host_alloc_time.total"] - before.get("host_alloc_time.total", 0)) / 1e6, 3)
+    if "allocated_bytes.current" in after:
+        out["pinned_pool_gib"] = round(after["allocated_bytes.current"] / 2 ** 30, 2)
+    return out
+
+
 def _start_profile(path: Path, batches: int):
     """Starts torch.profiler if batches > 0; returns `stop()`, which writes its report (host operators, the
     CUDA runtime's calls, kernels) to path the first time it is called. For where a run's start-up goes."""
@@ -144,7 +167,8 @@ def _start_profile(path: Path, batches: int):
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0) -> dict:
+                  num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0, prefetch: int = 2,
+                  pin_memory: bool | None = None) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -190,9 +214,12 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
     started = time.perf_counter()
+    # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
+    pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+    pinned_before = _pinned_stats()
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
-                                         num_workers=num_workers, pin_memory=torch.cuda.is_available(),
-                                         prefetch_factor=2 if num_workers else None)
+                                         num_workers=num_workers, pin_memory=pin_memory,
+                                         prefetch_factor=prefetch if num_workers else None)
     prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
     workers_started = time.perf_counter() - started
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
@@ -257,7 +284,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                      "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
                                      "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None,
-                                     "answered": answered, "gc": gc_pauses.summary()})
+                                     "answered": answered, "gc": gc_pauses.summary(),
+                                     "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
+                                                **_pinned_growth(pinned_before, _pinned_stats())}})
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
@@ -314,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
                                                 "each holds its own activations)")
+    p.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
+    p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="pin prepared batches for asynchronous copies (default: on a GPU)")
     p.add_argument("--profile-batches", type=int, default=0, metavar="N",
                    help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
@@ -334,7 +366,7 @@ def _evaluate(a) -> None:
                   run_info={"model_id": a.model_id, "base_model": a.base_model},
                   num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
                   pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
-                  profile_batches=a.profile_batches)
+                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
 
 
 if __name__ == "__main__":
