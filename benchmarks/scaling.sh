@@ -49,6 +49,7 @@ evaluate() {   # evaluate GPUS
 # scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run).
 # RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>][@KEY=VALUE...] or
 # eval_<G>gpu, e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu";
+# a config named fsdp* is an FSDP2 config (sft/fsdp/<config>.json), e.g. sft_fsdp2_2gpu:vision;
 # each @KEY=VALUE is set for that run's launcher (sft/common.sh reads them)
 if [ -n "${RUNS:-}" ]; then
   for r in $RUNS; do
