@@ -81,4 +81,5 @@ if dist.get_rank() == 0:
         "max_grad_diff": max((grads[n] - ref_grads[n]).abs().max().item() for n in ref_grads if n in grads),
         "max_grad": max(g.abs().max().item() for g in ref_grads.values()),
     }, open(out, "w"), indent=1)
+dist.barrier()   # both ranks done: a rank that closed its connections while the other still wrote aborted it (gloo)
 dist.destroy_process_group()

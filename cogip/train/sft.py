@@ -277,7 +277,9 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
 
 def main(argv: list[str] | None = None) -> int:
     code = exit_code("cogip sft", run, argv)
-    if torch.distributed.is_initialized():   # else gloo's threads abort the process at exit (FSDP on the CPU)
+    if torch.distributed.is_initialized():   # else gloo's threads abort the process at exit (torchrun on CPUs)
+        if code == 0:   # rank 0 may still be writing results: closing first would abort it too
+            torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return code
 
