@@ -5,7 +5,7 @@ The Trainer runs FSDP only on accelerators (accelerate falls back to DDP on CPUs
 `fsdp2_prepare_model` itself, as the Trainer does on GPUs. Both ranks take the same batch, so the
 reduced gradients must equal one process's.
 
-    torchrun --nproc_per_node 2 tests/fsdp2_worker.py MODEL_DIR BENCH FSDP_CONFIG OUT.json [FAMILY]"""
+    torchrun --nproc_per_node 2 tests/fsdp2_worker.py MODEL_DIR BENCH FSDP_CONFIG OUT.json [FAMILY [TUNE_MODE]]"""
 
 import json
 import sys
@@ -29,6 +29,7 @@ from cogip.train.trainer import as_fsdp_forward, supervised_logits
 model_dir, bench, config, out = sys.argv[1:5]
 dist.init_process_group("gloo")
 family = get_family(sys.argv[5] if len(sys.argv) > 5 else "qwen")
+tune_mode = sys.argv[6] if len(sys.argv) > 6 else "lora"
 processor = family.load_processor(model_dir, **family.pixel_bounds(7056, 7056))
 dataset = load_sft_dataset(f"{bench}/cognition_training.json", f"{bench}/cognition/cognition_images")
 batch = SFTCollator(family, processor)([dataset[i] for i in range(4)])
@@ -37,7 +38,7 @@ batch = SFTCollator(family, processor)([dataset[i] for i in range(4)])
 def build():
     torch.manual_seed(0)   # the same LoRA initialisation in both copies
     model = family.load_model(model_dir, dtype=torch.float32)
-    return prepare_trainable(model, family, ModelArguments(lora_dropout=0.0)).train()
+    return prepare_trainable(model, family, ModelArguments(tune_mode=tune_mode, lora_dropout=0.0)).train()
 
 
 def loss_of(model):

@@ -226,20 +226,21 @@ FSDP2_BLOCKS = {"qwen": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"],
                 "gemma": ["Gemma3DecoderLayer", "SiglipEncoderLayer"]}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_bench, tmp_path, family):
+@pytest.mark.parametrize("family,tune_mode", [(f, "lora") for f in FAMILIES] + [("qwen", "full")])
+def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_bench, tmp_path, family, tune_mode):
     """FSDP2 as the launcher configures it (sft/fsdp/fsdp2.json, accelerate's wrapping, each repeated block
     a unit): the trainer's loss path gives one process's loss and gradients on two gloo processes."""
     out = tmp_path / "fsdp2.json"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "tests" / "fsdp2_worker.py"), str(tiny_models[family]), str(synth_bench),
-                           str(ROOT / "sft" / "fsdp" / "fsdp2.json"), str(out), family],
+                           str(ROOT / "sft" / "fsdp" / "fsdp2.json"), str(out), family, tune_mode],
                           capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     why = [line for line in proc.stderr.splitlines() if any(k in line for k in ("[rank", "terminate", "Error", "exitcode"))]
     assert proc.returncode == 0, "\n".join(why)[-3000:]
     r = json.loads(out.read_text())
     assert r["blocks"] == FSDP2_BLOCKS[family]
-    assert {f"FSDP{b}" for b in r["blocks"]} | {"FSDPPeftModel"} <= set(r["units"])
+    root = "FSDPPeftModel" if tune_mode == "lora" else f"FSDP{FAMILIES[family].model_cls().__name__}"
+    assert {f"FSDP{b}" for b in r["blocks"]} | {root} <= set(r["units"])
     assert r["sharded_params"] == r["params"]                 # nothing left unsharded
     assert r["root_trained"]                                  # trained vision parameters outside every block
     assert r["registered"] and not r["registered_again"]
