@@ -2,7 +2,7 @@
 # Multi-GPU scaling at real size (issue 7), through the users' own launchers, on a Qwen2.5-VL-7B
 # architecture with random weights (benchmarks/real_model.py) and 1008-px synthetic images
 # (1296 visual tokens at MIN/MAX_PIXELS below):
-#   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2 and ZeRO-3;
+#   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2, ZeRO-3 and FSDP2;
 #        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
@@ -16,7 +16,7 @@ mkdir -p "$W" "$OUT"
 if [ "$SMOKE" = 1 ]; then
   side=84; px=7056; train_n=8; test_n=8; gpus=(0); ds_configs=(none); model_args=(--tiny); STEPS=3; bs=4
 else
-  side=1008; px=$((1008 * 1008)); train_n=48; test_n=96; gpus=(1 "$N"); ds_configs=(zero2 zero3); model_args=(); bs=32
+  side=1008; px=$((1008 * 1008)); train_n=48; test_n=96; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
 [ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "${model_args[@]}" "$W/model" || exit 1
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
@@ -45,8 +45,8 @@ evaluate() {   # evaluate GPUS
     bash evaluation/qwen/cog_test.sh --max-new-tokens 10 ${EVAL_ARGS:-} > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
-# ZeRO-2 first, then the evaluation, ZeRO-3 last (its one-GPU run measures ZeRO-3's own overhead; the
-# scaling that matters to users compares ZeRO-3 on N GPUs with ZeRO-2's one-GPU run).
+# ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the
+# like-for-like scaling; users also compare them on N GPUs with ZeRO-2's one-GPU run).
 # RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>][@KEY=VALUE...] or
 # eval_<G>gpu, e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu";
 # a config named fsdp* is an FSDP2 config (sft/fsdp/<config>.json), e.g. sft_fsdp2_2gpu:vision;
