@@ -2,8 +2,8 @@
 `--timeline_step`), the benchmark loop's timing.json and the benchmark scripts, so every figure in
 docs/benchmarks.md reads the same way:
 
-- `timeline` / `report`: a torch.profiler run's GPU busy and idle time, collectives, the host's waits
-  on the device, and the top operators;
+- `start_profile`, `timeline` / `report`: a torch.profiler run's GPU busy and idle time, collectives,
+  the host's waits on the device, and the top operators;
 - `GCPauses`: Python's garbage collections while active;
 - `HostStacks`: sampled Python stacks, where the host's time goes;
 - `BlockTimeline`: when each repeated block began on the device and on the host, without the profiler."""
@@ -71,6 +71,29 @@ def report(prof, rows: int = 30) -> str:
         parts.append(avg.table(sort_by="self_cuda_time_total", row_limit=rows, max_name_column_width=70))
     parts.append(avg.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=70))
     return "\n\n".join(parts)
+
+
+def start_profile(all_threads: bool = False):
+    """torch.profiler from now on, over the CPU and the GPU where there is one, the device synchronised
+    at both ends; returns `stop() -> report text`. all_threads: every thread's operators, not only the
+    caller's (for work done on threads of its own, like the benchmark loop's batches)."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = torch.cuda.is_available()
+    options = {}
+    if all_threads:
+        from torch._C._profiler import _ExperimentalConfig
+        options["experimental_config"] = _ExperimentalConfig(profile_all_threads=True)
+    if cuda:
+        torch.cuda.synchronize()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), **options)
+    prof.start()
+
+    def stop() -> str:
+        if cuda:
+            torch.cuda.synchronize()
+        prof.stop()
+        return report(prof)
+    return stop
 
 
 class GCPauses:

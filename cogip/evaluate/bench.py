@@ -142,13 +142,8 @@ def _start_profile(path: Path, batches: int):
     CUDA runtime's calls, kernels) to path the first time it is called. For where a run's start-up goes."""
     if batches <= 0:
         return lambda: None
-    from torch._C._profiler import _ExperimentalConfig
-    from torch.profiler import ProfilerActivity, profile
-    from ..profiling import report
-    # every thread's operators: the batches are answered on threads of their own
-    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else []),
-                   experimental_config=_ExperimentalConfig(profile_all_threads=True))
-    prof.start()
+    from ..profiling import start_profile
+    profiled = start_profile(all_threads=True)   # the batches are answered on threads of their own
     stopped = False
 
     def stop() -> None:
@@ -156,11 +151,9 @@ def _start_profile(path: Path, batches: int):
         if stopped:
             return
         stopped = True
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        prof.stop()
+        text = profiled()
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, f"the loop's first {batches} batches, profiled from its start\n\n" + report(prof))
+        write_atomic(path, f"the loop's first {batches} batches, profiled from its start\n\n" + text)
     return stop
 
 

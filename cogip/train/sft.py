@@ -174,20 +174,9 @@ class RecordStep(TrainerCallback):
 
 def _begin_profile(model):
     """torch.profiler over the step; its report (cogip.profiling.report)."""
-    from torch.profiler import ProfilerActivity, profile
-    from ..profiling import report
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.synchronize()
-    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
-    prof.start()
-
-    def end(head: dict) -> str:
-        if cuda:
-            torch.cuda.synchronize()
-        prof.stop()
-        return f"step {head['step']}, rank {head['rank']}/{head['world_size']}\n\n" + report(prof)
-    return end
+    from ..profiling import start_profile
+    stop = start_profile()
+    return lambda head: f"step {head['step']}, rank {head['rank']}/{head['world_size']}\n\n" + stop()
 
 
 def _begin_timeline(family: Family, model):
