@@ -9,6 +9,7 @@
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
 #   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
+#   TEST_N=430: test images per dimension (96; the published test set has 1719 in all, 430 a dimension on average)
 set -uo pipefail
 N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
@@ -16,7 +17,7 @@ mkdir -p "$W" "$OUT"
 if [ "$SMOKE" = 1 ]; then
   side=84; px=7056; train_n=8; test_n=8; gpus=(0); ds_configs=(none); model_args=(--tiny); STEPS=3; bs=4
 else
-  side=1008; px=$((1008 * 1008)); train_n=48; test_n=96; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
+  side=1008; px=$((1008 * 1008)); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
 [ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "${model_args[@]}" "$W/model" || exit 1
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
@@ -38,17 +39,22 @@ sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from
   [ -f "$W/$run/cogip_train.json" ] && cp "$W/$run/cogip_train.json" "$OUT/$run.json"
   for f in "$W/$run"/profile_rank*.txt "$W/$run"/timeline_rank*.json; do [ -f "$f" ] && cp "$f" "$OUT/${run}_$(basename "$f")"; done; true
 }
-evaluate() {   # evaluate GPUS
-  local run="eval_$1gpu"; echo "=== $run"
+evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.sh arguments, or launcher environment
+  local run="eval_$1gpu" extra=() launcher_env=()
+  for x in "${@:2}"; do
+    run+="_${x//[^A-Za-z0-9_=.-]/-}"
+    if [[ $x == --* ]]; then extra+=("$x"); else launcher_env+=("$x"); fi
+  done
+  echo "=== $run"
   env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images" \
-    SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" \
-    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 ${EVAL_ARGS:-} > "$OUT/$run.log" 2>&1
+    SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
+    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the
 # like-for-like scaling; users also compare them on N GPUs with ZeRO-2's one-GPU run).
 # RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>][@KEY=VALUE...] or
-# eval_<G>gpu, e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu";
+# eval_<G>gpu[@--option=value...][@KEY=VALUE...] (cog_test.sh arguments, launcher environment), e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu eval_1gpu@--prefetch=1";
 # a config named fsdp* is an FSDP2 config (sft/fsdp/<config>.json), e.g. sft_fsdp2_2gpu:vision;
 # each @KEY=VALUE is set for that run's launcher (sft/common.sh reads them)
 if [ -n "${RUNS:-}" ]; then
@@ -57,7 +63,7 @@ if [ -n "${RUNS:-}" ]; then
       sft_*) spec=${r#sft_}; IFS=@ read -r -a kvs <<< "$spec"; spec=${kvs[0]}
              parts=${spec#*:}; [ "$parts" = "$spec" ] && parts=; spec=${spec%%:*}
              g=${spec##*_}; sft "${spec%_*}" "${g%gpu}" "$parts" "${kvs[@]:1}" ;;
-      eval_*) g=${r#eval_}; evaluate "${g%gpu}" ;;
+      eval_*) IFS=@ read -r -a kvs <<< "${r#eval_}"; evaluate "${kvs[0]%gpu}" "${kvs[@]:1}" ;;
       none) ;;
       *) echo "unknown run $r" ;;
     esac
@@ -74,7 +80,7 @@ rows = {}
 for f in sorted(glob.glob(f"{out}/sft_*.json")):
     if "_timeline_rank" not in f:   # the runs' cogip_train.json copies only
         rows[os.path.basename(f)[:-5]] = json.load(open(f)).get("throughput")
-for d in sorted(glob.glob(f"{w}/eval_*gpu")):
+for d in sorted(glob.glob(f"{w}/eval_*gpu*")):
     if os.path.isfile(f"{d}/timing.json"):
         rows[os.path.basename(d)] = json.load(open(f"{d}/timing.json"))
 print(json.dumps(rows, indent=2))

@@ -6,11 +6,13 @@ checkpointing. Variants:
   ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
 Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
 `ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision;
-without it, transformers' default: every layer it can checkpoint), `ours:compile` (the vision blocks
-compiled, `torch.compile`).
+without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
+(the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
+fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
+`torch.compile`).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
-adds the profiler's top kernels of one step.
+adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators).
 
     python benchmarks/train_bench.py --out DIR           # GPU
     python benchmarks/train_bench.py --cpu-smoke --out DIR
@@ -34,11 +36,12 @@ from loss_bench import published_from_logits  # noqa: E402
 
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
-from cogip.models.attention import use_fast_vision_attention  # noqa: E402
+from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
 from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
 from cogip.models.blocks import apply_liger, compile_blocks, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
+from cogip.profiling import start_profile  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
 from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
@@ -98,6 +101,7 @@ def main():
         base, *opts = variant.split(":")
         opts = dict(o.split("=", 1) if "=" in o else (o, "1") for o in opts)
         torch.manual_seed(0)
+        allow_sdpa_backends(opts.get("sdpa", "auto"))
         if cuda:
             from cogip.models.configs import REAL
             with torch.device("cuda"):
@@ -118,7 +122,8 @@ def main():
         # bf16 LoRA weights, as under DeepSpeed (what finetune_lora.sh runs on GPUs)
         model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)), fp32_adapters=not cuda)
         if opts.get("ckpt") not in (None, "none"):
-            print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"]), flush=True)
+            print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"], keep=opts.get("keep", "none")),
+                  flush=True)
         if "compile" in opts:
             compile_blocks(model, fam, "vision")
         model.train()
@@ -158,15 +163,11 @@ def main():
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
         if variant in a.profile:
-            from torch.profiler import ProfilerActivity, profile
-            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            with profile(activities=acts) as prof:
-                step()
-                sync()
-            key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-            table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70)
-            (out / f"profile_{a.family}_{variant.replace(':', '_').replace('=', '-')}.txt").write_text(table)
-            print(table, flush=True)
+            stop = start_profile()
+            step()
+            text = stop()
+            (out / f"profile_{a.family}_{variant.replace(':', '_').replace('=', '-')}.txt").write_text(text)
+            print(text, flush=True)
 
     for variant in a.variants:
         try:

@@ -8,6 +8,7 @@
 #   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
+#             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
 #             SDPA_BACKENDS (auto, or a comma list of cudnn, flash, efficient: the fused attention kernels allowed)
 set -euo pipefail
@@ -28,6 +29,7 @@ if (( NUM_GPUS > 0 )); then
   DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
+               --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
                --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")
   [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")

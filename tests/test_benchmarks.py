@@ -18,6 +18,9 @@ def test_benchmark_smoke(tmp_path, script, report):
     args = ["--out", str(tmp_path / report)] if script == "loss_bench.py" else ["--out", str(tmp_path)]
     if script == "eval_bench.py":
         args += ["--variants", "base", "pipe2+workers2+prefetch1", "base"]
+    if script == "train_bench.py":
+        kept = "ours:ckpt=language:keep=attention:sdpa=flash"
+        args += ["--variants", "published", "ours-loss", "ours", kept, "--profile", kept]
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -38,7 +41,9 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert loop["loader"] == {"workers": 2, "prefetch": 1, "pin_memory": False}
         assert data["base_run2_generate_bs4_img_s"] > 0 and data["generate_bs4_img_s"] > 0   # a repeat: rows of its own
     else:
-        assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours"))
+        assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours", kept))
+        profile = (tmp_path / "profile_qwen_ours_ckpt-language_keep-attention_sdpa-flash.txt").read_text()
+        assert profile.startswith("timeline: ") and "aten::mm" in profile
         assert data["ours"]["first_loss"] == pytest.approx(data["ours-loss"]["first_loss"], rel=1e-5)
 
 
@@ -57,3 +62,13 @@ def test_scaling_smoke(tmp_path):
     timeline = json.loads((tmp_path / "out" / "sft_none_0gpu_timeline_rank0.json").read_text())
     assert timeline["step"] == 3 and timeline["summary"]["language forward"]["calls"] > 1
     assert set(data) == {"sft_none_0gpu", "eval_0gpu"}   # the timeline is no run of its own
+    # a named run with extra cog_test.sh arguments and launcher environment: an output folder of its own
+    env["RUNS"] = "eval_0gpu@--prefetch=1@--no-pin-memory@SEED=7"
+    run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "out" / "scaling.json").read_text())
+    extra = data["eval_0gpu_--prefetch=1_--no-pin-memory_SEED=7"]
+    assert extra["items"] == 32 and extra["loader"]["prefetch"] == 1 and extra["loader"]["pin_memory"] is False
+    run_info = tmp_path / "eval_0gpu_--prefetch=1_--no-pin-memory_SEED=7" / "Aesthetics" / "run.json"
+    assert json.loads(run_info.read_text())["seed"] == 7   # the environment reached the launcher

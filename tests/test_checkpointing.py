@@ -127,3 +127,53 @@ def test_zero3_prefetch_bucket_is_the_largest_block(tiny_models):
     mine = {"zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 12345}}
     assert checkpointing.zero3_prefetch_blocks(mine, model, fam) is None
     assert mine["zero_optimization"]["stage3_prefetch_bucket_size"] == 12345
+
+
+class _OpCounts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the attention kernels that run (forward, recomputation and backward all reach here)."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.__name__.split(".")[0] in checkpointing.KEEPABLE["attention"]:
+            self.attention += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("family,part", [("llama", "vision"), ("qwen", "language"), ("gemma", "vision")])
+def test_kept_attention_is_not_recomputed(tiny_models, family, part, tmp_path):
+    """Selective checkpointing (`keep="attention"`): each checkpointed block's attention runs once, in the
+    forward, instead of again in the recomputation; the gradients stay those of plain checkpointing."""
+    from cogip.models.attention import use_fast_vision_attention
+    fam = FAMILIES[family]
+    batch = _batch(fam, fam.load_processor(tiny_models[family]), tmp_path)
+    runs = {}
+    for keep in ("no checkpointing", "none", "attention"):
+        torch.manual_seed(0)
+        model = fam.load_model(tiny_models[family], dtype=torch.float32)
+        use_fast_vision_attention(model)
+        if keep != "no checkpointing":
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = prepare_trainable(model, fam, ModelArguments(model_id="x", lora_dropout=0.0))
+        if keep != "no checkpointing":
+            counts = checkpointing.set_checkpointing(model, fam, part, keep=keep)
+        model.train()
+        with _OpCounts() as ops:
+            logits, targets = supervised_logits(model, batch)
+            torch.nn.functional.cross_entropy(logits, targets).backward()
+        runs[keep] = ops.attention, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    assert counts[part] > 0
+    (unchecked, _), (plain, plain_grads), (kept, kept_grads) = runs.values()
+    assert kept == unchecked < plain, (unchecked, plain, kept)   # attention as often as without recomputation
+    for name in plain_grads:
+        torch.testing.assert_close(kept_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bad_keep():
+    assert checkpointing.parse_keep("none") == set() and checkpointing.parse_keep("attention") == {"attention"}
+    assert checkpointing.keep_context("none") is None
+    with pytest.raises(CogipError, match="mlp"):
+        checkpointing.parse_keep("attention,mlp")

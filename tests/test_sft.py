@@ -148,15 +148,19 @@ class BlockProbe(TrainerCallback):
                 on = block.gradient_checkpointing if hasattr(block, "_gradient_checkpointing_func") \
                     else getattr(block, "_cogip_checkpoint", False)
                 self.seen.setdefault(part, set()).add(bool(on))
+                if on:   # what a recomputing block keeps: None, or selective checkpointing's context
+                    self.seen.setdefault("kept", set()).add(getattr(block, "_cogip_context_fn", None) is not None)
 
 
 def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_path):
     probe = BlockProbe()
     run(_args(tiny_models["llama"], synth_bench, tmp_path / "parts", "--activation_checkpointing", "True",
-              "--checkpoint_parts", "vision", "--max_steps", "4", "--profile_step", "3"), callbacks=[probe])
-    assert probe.seen == {"language": {False}, "vision": {True}}   # Mllama's vision layers included
+              "--checkpoint_parts", "vision", "--checkpoint_keep", "attention", "--max_steps", "4",
+              "--profile_step", "3"), callbacks=[probe])
+    assert probe.seen == {"language": {False}, "vision": {True}, "kept": {True}}   # Mllama's vision layers included
     info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())
-    assert info["model"]["checkpoint_parts"] == "vision" and info["kernels"] == "transformers"
+    assert info["model"]["checkpoint_parts"] == "vision" and info["model"]["checkpoint_keep"] == "attention"
+    assert info["kernels"] == "transformers"
     speed = info["throughput"]
     assert speed["steps_timed"] == 2 and speed["samples_per_s"] == pytest.approx(
         speed["samples_per_step"] / speed["median_step_s"], rel=1e-2)
@@ -167,6 +171,8 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
     assert "aten::mm" in report   # the operators table
     with pytest.raises(CogipError, match="checkpointing parts"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
+    with pytest.raises(CogipError, match="can keep none or attention"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_keep", "mlp"))
     with pytest.raises(CogipError, match="FSDP needs GPUs"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--fsdp", "--fsdp_config",
                   str(ROOT / "sft" / "fsdp" / "fsdp2.json")))

@@ -11,9 +11,10 @@ training memory) gets wrapped here with `torch.utils.checkpoint`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..errors import CogipError
 from .families import Family
@@ -21,6 +22,38 @@ from .families import Family
 PARTS = ("language", "vision")
 UNCHECKPOINTABLE_BLOCKS = ("MllamaVisionEncoderLayer",)   # repeated blocks transformers never checkpoints
 STATELESS_CHILDREN = ("MLP", "Norm")                        # parts of a language block that hold no cache
+
+
+# What a checkpointed block may keep from its forward instead of recomputing it (selective activation
+# checkpointing). The attention kernels' outputs: on long sequences (Mllama's 6432 vision patches) the
+# attention forward is the dearest part of a recomputation, and its output (plus a log-sum-exp per
+# row) is the size of one hidden state. The backward still needs the query, key and value, which the
+# recomputation rebuilds from the block's input with cheap matmuls.
+_SDPA_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
+KEEPABLE = {"attention": _SDPA_OPS}
+
+
+def parse_keep(spec: str | Iterable[str]) -> set[str]:
+    """'none' | comma-separated subset of KEEPABLE."""
+    items = {s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()} - {"none"}
+    unknown = sorted(items - set(KEEPABLE))
+    if unknown:
+        raise CogipError(f"checkpointed blocks can keep none or {', '.join(KEEPABLE)}; got {unknown[0]!r}")
+    return items
+
+
+def keep_context(keep: str | Iterable[str]):
+    """`context_fn` for torch.utils.checkpoint that saves the ops of `keep` and recomputes the rest;
+    None when nothing is kept (plain checkpointing)."""
+    names = {name for k in parse_keep(keep) for name in KEEPABLE[k]}
+    ops = {getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n)}
+    if not ops:
+        return None
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in ops else CheckpointPolicy.PREFER_RECOMPUTE
+    return partial(create_selective_checkpoint_contexts, policy)
 
 
 def parse_parts(spec: str | Iterable[str]) -> set[str]:
@@ -126,21 +159,26 @@ def _wrap(module: torch.nn.Module, kwargs: dict) -> None:
 
     def checkpointed(*args, **kw):
         if getattr(module, "_cogip_checkpoint", False) and module.training and torch.is_grad_enabled():
-            return checkpoint(forward, *args, **{"use_reentrant": False, **kwargs}, **kw)
+            context_fn = getattr(module, "_cogip_context_fn", None)
+            return checkpoint(forward, *args, use_reentrant=False, **kwargs,
+                              **({"context_fn": context_fn} if context_fn else {}), **kw)
         return forward(*args, **kw)
 
     module.forward = checkpointed
 
 
-def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs: dict | None = None) -> dict[str, int]:
-    """Checkpoint the repeated blocks of `parts` only; returns {part: blocks checkpointed}.
+def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs: dict | None = None,
+                      keep: str | Iterable[str] = "none") -> dict[str, int]:
+    """Checkpoint the repeated blocks of `parts` only, each keeping the outputs of `keep` (see
+    KEEPABLE) from its forward; returns {part: blocks checkpointed}.
 
     Call after `gradient_checkpointing_enable` (which the Trainer calls at the start of `train`) and
     after PEFT wrapping (so trained copies of the vision tower are the ones wrapped)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
     wanted = parse_parts(parts)
     kwargs = dict(kwargs or {})
-    kwargs.pop("use_reentrant", None)
+    kwargs.pop("use_reentrant", None)   # blocks wrapped here recompute non-reentrant (as selective checkpointing needs)
+    context_fn = keep_context(keep)
     counts = {p: 0 for p in PARTS}
     for _, block, part in repeated_blocks(model, family):
         on = part in wanted
@@ -148,8 +186,13 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
             if on and not hasattr(block, "_gradient_checkpointing_func"):
                 raise CogipError("enable gradient checkpointing on the model before choosing its parts")
             block.gradient_checkpointing = on
+            if on:   # transformers' own function (offloading included), with the kept ops on top
+                plain = block.__dict__.setdefault("_cogip_plain_checkpoint_func", block._gradient_checkpointing_func)
+                block._gradient_checkpointing_func = (partial(plain, use_reentrant=False, context_fn=context_fn)
+                                                      if context_fn else plain)
         else:
             _wrap(block, kwargs)
             block._cogip_checkpoint = on
+            block._cogip_context_fn = context_fn
         counts[part] += on
     return counts

@@ -23,7 +23,7 @@ from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (apply_liger, fsdp_wrap_blocks, parse_parts, repeated_blocks, set_checkpointing,
+from ..models.blocks import (apply_liger, fsdp_wrap_blocks, parse_keep, parse_parts, repeated_blocks, set_checkpointing,
                              zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
@@ -48,6 +48,9 @@ class ModelArguments:
     checkpoint_parts: str = field(default="all", metadata={
         "help": "with --activation_checkpointing: all | none | language | vision (where recomputation is worth the "
                 "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
+    checkpoint_keep: str = field(default="none", metadata={
+        "help": "what a checkpointed block keeps from its forward instead of recomputing: none | attention (the "
+                "attention kernels' outputs: no attention recomputation, one hidden state more per block)"})
     sdpa_backends: str = field(default="auto", metadata={
         "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
                 "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
@@ -110,12 +113,12 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
 class CheckpointParts(TrainerCallback):
     """Restricts gradient checkpointing to some parts once the Trainer has switched it on everywhere."""
 
-    def __init__(self, family: Family, parts: str):
-        self.family, self.parts = family, parts
+    def __init__(self, family: Family, parts: str, keep: str = "none"):
+        self.family, self.parts, self.keep = family, parts, keep
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if args.activation_checkpointing and model is not None:
-            set_checkpointing(model, self.family, self.parts, args.activation_checkpointing_kwargs)
+            set_checkpointing(model, self.family, self.parts, args.activation_checkpointing_kwargs, self.keep)
 
 
 class StepTimes(TrainerCallback):
@@ -198,6 +201,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
     parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
+    parse_keep(margs.checkpoint_keep)
     if targs.fsdp and (targs.use_cpu or not torch.cuda.is_available()):
         raise CogipError("FSDP needs GPUs: on CPUs accelerate would silently train unsharded (DDP); "
                          "drop --fsdp / FSDP_CONFIG")
@@ -228,7 +232,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
                         processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
                         merger_lr=margs.merger_lr,
-                        callbacks=[CheckpointParts(family, margs.checkpoint_parts), *(callbacks or [])])
+                        callbacks=[CheckpointParts(family, margs.checkpoint_parts, margs.checkpoint_keep), *(callbacks or [])])
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
