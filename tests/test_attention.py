@@ -86,16 +86,20 @@ def test_mllama_padding_pairs_match_the_masked_attention(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("tiles", [[[1, 1], [1, 0], [1, 1]],      # padding rows recomputed over real keys
+                                   [[1, 1], [1, 1], [1, 1]],      # the same padding in every image
                                    [[1, 1], [0, 0], [1, 0]]])     # an empty media slot: the dense bias is kept
 def test_padpair_sdpa_equals_masked_sdpa(tiles):
     from transformers.models.mllama.modeling_mllama import _prepare_aspect_ratio_attention_mask
     torch.manual_seed(0)
     mask = _prepare_aspect_ratio_attention_mask(torch.tensor(tiles), num_patches=5, target_length=8,
                                                 dtype=torch.float32)         # [B, 1, 16, 16]
-    q, k, v = (torch.randn(3, 2, 16, 8) for _ in range(3))
+    q, k, v = (torch.randn(3, 2, 16, 8, requires_grad=True) for _ in range(3))
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
     got, _ = attention.padpair_sdpa(None, q, k, v, mask)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    w = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad((got * w).sum(), (q, k, v)), torch.autograd.grad((want * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", ["qwen", "llama"])   # the window plan; Mllama's padding groups

@@ -104,27 +104,23 @@ _RECENT_MASKS: list = []
 
 
 @torch.compiler.disable   # as _plan
-def _padding_groups(attention_mask: torch.Tensor):
-    """[(image indices, padding positions, real positions)] per distinct padding pattern, or None if an
-    image has no real patch. Read from the mask's diagonal (a padding patch masks itself), once per mask."""
-    return _per_tensor(_RECENT_MASKS, attention_mask, _read_padding_groups)
+def _padding_rows(attention_mask: torch.Tensor):
+    """(rows, row_pads [B, P], key_real [B, 1, 1, L]): the positions that are padding in some image, which
+    of them pad in each image, and each image's real keys; () if nothing pads, None if an image has no
+    real patch. Read from the mask's diagonal (a padding patch masks itself), once per mask."""
+    return _per_tensor(_RECENT_MASKS, attention_mask, _read_padding_rows)
 
 
-def _read_padding_groups(attention_mask: torch.Tensor):
-    flags = (attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0).cpu()     # [B, L]
-    patterns: dict[bytes, list[int]] = {}
-    for b in range(flags.shape[0]):
-        patterns.setdefault(flags[b].numpy().tobytes(), []).append(b)
-    groups, device = [], attention_mask.device
-    for members in patterns.values():
-        row = flags[members[0]]
-        if row.all():
-            groups = None
-            break
-        if row.any():
-            groups.append((torch.tensor(members, device=device), torch.nonzero(row).squeeze(1).to(device),
-                           torch.nonzero(~row).squeeze(1).to(device)))
-    return groups
+def _read_padding_rows(attention_mask: torch.Tensor):
+    flags = attention_mask[:, 0].diagonal(dim1=-2, dim2=-1) < 0             # [B, L]
+    host = flags.cpu()                                                       # the host sync
+    if host.all(dim=1).any():
+        return None
+    rows = torch.nonzero(host.any(dim=0)).squeeze(1)
+    if rows.numel() == 0:
+        return ()
+    rows = rows.to(attention_mask.device)
+    return rows, flags[:, rows], ~flags[:, None, None, :]
 
 
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
@@ -135,14 +131,18 @@ def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, d
 
     if attention_mask is None:
         return sdpa(query, key, value).transpose(1, 2).contiguous(), None
-    groups = _padding_groups(attention_mask)
-    if groups is None:                                                        # an empty media slot: keep the bias
+    plan = _padding_rows(attention_mask)
+    if plan is None:                                                          # an empty media slot: keep the bias
         return sdpa(query, key, value, attention_mask.to(query.dtype)).transpose(1, 2).contiguous(), None
-    out = sdpa(query, key, value).transpose(1, 2)                            # [B, L, H, D], exact for real rows
-    for b, pad_idx, real_idx in groups:
-        o = sdpa(query[b][:, :, pad_idx], key[b][:, :, real_idx], value[b][:, :, real_idx])   # [G, H, P, D]
-        out = out.index_put((b[:, None], pad_idx[None, :]), o.transpose(1, 2))
-    return out.contiguous(), None
+    # [B, L, H, D], exact for every real row; a copy of its own (never the SDPA output, which its backward keeps),
+    # so the padding rows can be written in place
+    out = sdpa(query, key, value).transpose(1, 2).clone(memory_format=torch.contiguous_format)
+    if plan:
+        rows, row_pads, key_real = plan
+        # the few rows that pad somewhere, over each image's real keys: no copy of the keys or values
+        o = sdpa(query[:, :, rows], key, value, key_real).transpose(1, 2)   # [B, P, H, D]
+        out[:, rows] = torch.where(row_pads[:, :, None, None], o, out[:, rows])
+    return out, None
 
 
 def use_fast_vision_attention(model) -> bool:
