@@ -31,7 +31,7 @@ from PIL import Image
 from cogip.data.bench import write_json
 from cogip.data.images import open_image
 from cogip.dims import DIMENSIONS
-from cogip.evaluate.bench import run_benchmark
+from cogip.evaluate.bench import run_benchmark, use_fast_pinning
 from cogip.evaluate.scorer import Scorer
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
@@ -78,6 +78,7 @@ def main():
     p.add_argument("--variants", nargs="+", default=["base"], help="base, or options joined by +: liger compile "
                                                                     "compileall pipeN")
     a = p.parse_args()
+    use_fast_pinning()   # pinned blocks page-locked as cog_test.sh does (before CUDA starts)
     out = Path(a.out)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
     fam = FAMILIES["qwen"]

@@ -38,7 +38,7 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert data[f"{variant}_generate_bs4_img_s"] > 0 and data[f"{variant}_expected_bs4_img_s"] > 0
         loop = data[f"{variant}_expected_bs4_loop"]
         assert loop["workers_started_s"] > 0   # forked two loader workers
-        assert loop["loader"] == {"workers": 2, "prefetch": 1, "pin_memory": False}
+        assert loop["loader"] == {"workers": 2, "prefetch": 1, "pin_memory": False, "host_register": False}
         assert data["base_run2_generate_bs4_img_s"] > 0 and data["generate_bs4_img_s"] > 0   # a repeat: rows of its own
     else:
         assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours", kept))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from cogip.data.images import open_image
@@ -67,7 +68,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
-        assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False}   # the CPU's defaults
+        assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False, "host_register": False}   # the CPU's defaults
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]
@@ -208,6 +209,24 @@ def test_pinned_pool_growth_in_timing():
     after = {"num_host_alloc": 10, "host_alloc_time.total": 3_500_000, "allocated_bytes.current": 2 ** 31}
     assert _pinned_growth(before, after) == {"pinned_new_blocks": 7, "pinned_alloc_s": 2.5, "pinned_pool_gib": 2.0}
     assert _pinned_growth({}, {}) == {}   # no CUDA: nothing to say
+
+
+def test_fast_pinning_joins_the_users_allocator_settings(monkeypatch):
+    """On a GPU the loader's pinned blocks are page-locked by cudaHostRegister over 8 threads, added to
+    whatever allocator settings the user has; settings that already say how to pin are left alone."""
+    from cogip.evaluate.bench import FAST_PINNING, _host_register, use_fast_pinning
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    env = {}
+    assert use_fast_pinning(env) and env == {"PYTORCH_CUDA_ALLOC_CONF": FAST_PINNING}
+    env = {"PYTORCH_ALLOC_CONF": "expandable_segments:True"}
+    assert use_fast_pinning(env) and env == {"PYTORCH_ALLOC_CONF": "expandable_segments:True," + FAST_PINNING}
+    mine = {"PYTORCH_CUDA_ALLOC_CONF": "pinned_use_background_threads:True"}
+    assert not use_fast_pinning(mine) and mine == {"PYTORCH_CUDA_ALLOC_CONF": "pinned_use_background_threads:True"}
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", FAST_PINNING)
+    assert _host_register()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env = {}
+    assert not use_fast_pinning(env) and env == {}   # nothing to pin without CUDA
 
 
 def test_profile_of_the_first_batches(trained, synth_bench, tmp_path):
