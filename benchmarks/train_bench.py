@@ -9,10 +9,13 @@ Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kern
 without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
-`torch.compile`).
+`torch.compile`; `compile=language` or `compile=all` as `compile_blocks`).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
-adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators).
+adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
+`--diagnose VARIANT` two more steps without the profiler: one under `cogip.profiling.BlockTimeline` (when
+each block ran on the device and how far the host was ahead), one under CUDA's sync debug mode (every
+host-device synchronisation, counted by the source line that caused it).
 
     python benchmarks/train_bench.py --out DIR           # GPU
     python benchmarks/train_bench.py --cpu-smoke --out DIR
@@ -38,10 +41,10 @@ from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
 from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
-from cogip.models.blocks import apply_liger, compile_blocks, set_checkpointing  # noqa: E402
+from cogip.models.blocks import apply_liger, compile_blocks, repeated_blocks, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
-from cogip.profiling import start_profile  # noqa: E402
+from cogip.profiling import BlockTimeline, start_profile  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
 from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
@@ -59,6 +62,28 @@ def batch_rows(root: Path, n: int, h: int, w: int) -> list[dict]:
     return rows
 
 
+def diagnose(model, fam, step, cuda: bool) -> dict:
+    """One step's block timeline (summary) and the host-device synchronisations of another, by source line."""
+    import warnings
+    from collections import Counter
+    timeline = BlockTimeline(repeated_blocks(model, fam))
+    timeline.start()
+    step()
+    result = {"timeline": timeline.stop()["summary"], "syncs": {}}
+    if cuda:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        where = Counter(f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}" for w in caught
+                        if "synchroniz" in str(w.message))
+        result["syncs"] = dict(where.most_common())
+    return result
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cpu-smoke", action="store_true")
@@ -67,6 +92,7 @@ def main():
     p.add_argument("--variants", nargs="+", default=["published", "ours-loss", "ours"])
     p.add_argument("--family", default="qwen", choices=("qwen", "llama", "gemma"))
     p.add_argument("--profile", nargs="*", default=[], help="variants to profile one step of")
+    p.add_argument("--diagnose", nargs="*", default=[], help="variants to time by block and check for syncs")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -124,8 +150,8 @@ def main():
         if opts.get("ckpt") not in (None, "none"):
             print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"], keep=opts.get("keep", "none")),
                   flush=True)
-        if "compile" in opts:
-            compile_blocks(model, fam, "vision")
+        if "compile" in opts:   # compile (the vision blocks) or compile=PARTS
+            print(variant, "compiled modules:", compile_blocks(model, fam, "vision" if opts["compile"] == "1" else opts["compile"]))
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)
@@ -162,6 +188,9 @@ def main():
                             "activations_gib": (torch.cuda.max_memory_allocated() - static) / 2 ** 30 if cuda else None,
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
+        if variant in a.diagnose:
+            (out / f"diagnose_{a.family}_{variant.replace(':', '_').replace('=', '-')}.json").write_text(
+                json.dumps(diagnose(model, fam, step, cuda), indent=1))
         if variant in a.profile:
             stop = start_profile()
             step()

@@ -20,7 +20,7 @@ def test_benchmark_smoke(tmp_path, script, report):
         args += ["--variants", "base", "pipe2+workers2+prefetch1", "base"]
     if script == "train_bench.py":
         kept = "ours:ckpt=language:keep=attention:sdpa=flash"
-        args += ["--variants", "published", "ours-loss", "ours", kept, "--profile", kept]
+        args += ["--variants", "published", "ours-loss", "ours", kept, "--profile", kept, "--diagnose", "ours"]
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / script, "--cpu-smoke", *args], cwd=ROOT,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -44,6 +44,8 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert all(data[v]["samples_s"] > 0 for v in ("published", "ours-loss", "ours", kept))
         profile = (tmp_path / "profile_qwen_ours_ckpt-language_keep-attention_sdpa-flash.txt").read_text()
         assert profile.startswith("timeline: ") and "aten::mm" in profile
+        diagnosis = json.loads((tmp_path / "diagnose_qwen_ours.json").read_text())
+        assert diagnosis["timeline"]["language forward"]["calls"] > 1 and diagnosis["syncs"] == {}   # no CUDA here
         assert data["ours"]["first_loss"] == pytest.approx(data["ours-loss"]["first_loss"], rel=1e-5)
 
 
