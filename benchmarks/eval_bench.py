@@ -31,7 +31,7 @@ from PIL import Image
 from cogip.data.bench import write_json
 from cogip.data.images import open_image
 from cogip.dims import DIMENSIONS
-from cogip.evaluate.bench import run_benchmark, use_fast_pinning
+from cogip.evaluate.bench import run_benchmark
 from cogip.evaluate.scorer import Scorer
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
@@ -78,7 +78,8 @@ def main():
     p.add_argument("--variants", nargs="+", default=["base"], help="base, or options joined by +: liger compile "
                                                                     "compileall pipeN")
     a = p.parse_args()
-    use_fast_pinning()   # pinned blocks page-locked as cog_test.sh does (before CUDA starts)
+    # No use_fast_pinning() here, unlike cog_test.sh: this process runs many loops, and each forks its loader's
+    # workers after the pinned pool has grown (see cogip.evaluate.bench.use_fast_pinning)
     out = Path(a.out)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
     fam = FAMILIES["qwen"]

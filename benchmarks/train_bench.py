@@ -9,7 +9,8 @@ Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kern
 without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
-`torch.compile`; `compile=language` or `compile=all` as `compile_blocks`).
+`torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `wholecompile=language`: the
+language blocks compiled whole, for training), `ours:liger=nolayernorm` (Liger without its LayerNorm).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
@@ -41,7 +42,7 @@ from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
 from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
-from cogip.models.blocks import apply_liger, compile_blocks, repeated_blocks, set_checkpointing  # noqa: E402
+from cogip.models.blocks import apply_liger, compile_blocks, parse_parts, repeated_blocks, set_checkpointing  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
 from cogip.profiling import BlockTimeline, start_profile  # noqa: E402
@@ -139,8 +140,8 @@ def main():
             raise RuntimeError("varlen vision attention did not switch on")
         if base == "ours":
             use_fast_vision_matmuls(model)
-        if "liger" in opts:
-            apply_liger(model)
+        if "liger" in opts:   # liger, or liger=nolayernorm (the vision tower's LayerNorm left native)
+            apply_liger(model, {"layer_norm": False} if opts["liger"] == "nolayernorm" else None)
         model.config.use_cache = False
         if opts.get("ckpt") != "none":
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -150,8 +151,14 @@ def main():
         if opts.get("ckpt") not in (None, "none"):
             print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"], keep=opts.get("keep", "none")),
                   flush=True)
-        if "compile" in opts:   # compile (the vision blocks) or compile=PARTS
+        if "compile" in opts:   # compile (the vision blocks) or compile=PARTS; wholecompile=PARTS: language blocks whole
             print(variant, "compiled modules:", compile_blocks(model, fam, "vision" if opts["compile"] == "1" else opts["compile"]))
+        if "wholecompile" in opts:   # whole blocks, language ones included (no KV cache in training)
+            wanted = parse_parts(opts["wholecompile"])
+            whole = [block for _, block, part in repeated_blocks(model, fam) if part in wanted]
+            for block in whole:
+                block.compile()
+            print(variant, "compiled modules:", len(whole))
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)
@@ -189,8 +196,11 @@ def main():
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
         if variant in a.diagnose:
-            (out / f"diagnose_{a.family}_{variant.replace(':', '_').replace('=', '-')}.json").write_text(
-                json.dumps(diagnose(model, fam, step, cuda), indent=1))
+            try:
+                (out / f"diagnose_{a.family}_{variant.replace(':', '_').replace('=', '-')}.json").write_text(
+                    json.dumps(diagnose(model, fam, step, cuda), indent=1))
+            except Exception as e:   # e.g. hooks inside compiled blocks: the variant's timing above still stands
+                results[variant]["diagnose_error"] = f"{type(e).__name__}: {e}"
         if variant in a.profile:
             stop = start_profile()
             step()

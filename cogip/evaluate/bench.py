@@ -126,14 +126,18 @@ def _pinned_stats() -> dict:
 
 # How the loader's pinned blocks (~390 MB for a batch of 32 Qwen images) are page-locked: malloc and
 # cudaHostRegister with the pages touched by 8 threads, instead of one cudaHostAlloc per block. With
-# cudaHostAlloc the pool's growth held up the first answers by ~3 s (docs/benchmarks.md, ninth round).
+# cudaHostAlloc the pool's growth held up the first answers by ~2 s (docs/benchmarks.md, ninth round).
+# Only for a process that runs one loop (`python -m cogip.evaluate.bench`, cog_test.sh): Linux copies
+# registered (DMA-pinned) pages into every forked child at once, so a later loop in the same process,
+# whose workers fork after the pool has grown, waited 16-26 s for its first batch (8 workers, 7.5 GiB).
 FAST_PINNING = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
 _ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 def use_fast_pinning(environ=os.environ) -> bool:
-    """Add FAST_PINNING to the allocator settings (read when CUDA starts, so call it first), unless they
-    already say how to pin; True if added. No-op without CUDA."""
+    """Add FAST_PINNING to the allocator settings (read when CUDA starts, so call it first, and only in a
+    process that runs one loop: see FAST_PINNING), unless they already say how to pin; True if added.
+    No-op without CUDA."""
     if not torch.cuda.is_available():
         return False
     name = next((v for v in _ALLOC_CONF_VARS if environ.get(v)), "PYTORCH_CUDA_ALLOC_CONF")
