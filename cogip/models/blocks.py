@@ -25,10 +25,11 @@ STATELESS_CHILDREN = ("MLP", "Norm")                        # parts of a languag
 
 
 # What a checkpointed block may keep from its forward instead of recomputing it (selective activation
-# checkpointing). The attention kernels' outputs: on long sequences (Mllama's 6432 vision patches) the
-# attention forward is the dearest part of a recomputation, and its output (plus a log-sum-exp per
-# row) is the size of one hidden state. The backward still needs the query, key and value, which the
-# recomputation rebuilds from the block's input with cheap matmuls.
+# checkpointing). The attention kernels' outputs: on long sequences the attention forward is a large
+# part of a recomputation (Mllama's 6432 vision patches: ~90 ms of a 1.2 s step on an H100), and its
+# output (plus a log-sum-exp per row) is the size of one hidden state. The backward still needs the
+# query, key and value, which the recomputation rebuilds from the block's input with cheap matmuls.
+# Off by default: the Llama step, host-bound elsewhere, measured no faster (docs/benchmarks.md).
 _SDPA_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
 KEEPABLE = {"attention": _SDPA_OPS}
