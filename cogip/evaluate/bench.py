@@ -127,9 +127,9 @@ def _pinned_stats() -> dict:
 # How the loader's pinned blocks (~390 MB for a batch of 32 Qwen images) are page-locked: malloc and
 # cudaHostRegister with the pages touched by 8 threads, instead of one cudaHostAlloc per block. With
 # cudaHostAlloc the pool's growth held up the first answers by 2-3 s (docs/benchmarks.md, ninth round).
-# Only for a process that runs one loop (`python -m cogip.evaluate.bench`, cog_test.sh): Linux copies
-# registered (DMA-pinned) pages into every forked child at once, so a later loop in the same process,
-# whose workers fork after the pool has grown, waited 16-26 s for its first batch (8 workers, 7.5 GiB).
+# Only for a process that runs one loop (`python -m cogip.evaluate.bench`, cog_test.sh): a later loop in
+# the same process, whose workers fork after the pool has grown, waited 16-26 s for its first batch
+# (8 workers, 7.5 GiB), most likely because Linux copies registered (DMA-pinned) pages into a forked child.
 FAST_PINNING = "pinned_use_cuda_host_register:True,pinned_num_register_threads:8"
 _ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
