@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
+from cogip.data.bench import read_test_messages
 from cogip.data.images import open_image
 from cogip.dims import get_dimension
 from cogip.evaluate.bench import read_records, run_benchmark, sample_indices
@@ -197,10 +198,96 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
                .read_text().splitlines()] for r in (0, 1)]
     n = len(read_records(tmp_path / "one" / "Aesthetics"))
     assert shards == [list(range(0, n, 2)), list(range(1, n, 2))]
+    timing = json.loads((tmp_path / "two" / "timing.json").read_text())   # rank 0's, with rank 1's own
+    assert timing["processes"] == 2 and timing["rank0"]["items"] == n - n // 2 and timing["ranks_ready_s"] >= 0
+    assert [r["items"] for r in timing["other_ranks"]] == [n // 2]
+    assert timing["other_ranks"][0]["answered"][-1][1] == n // 2
     assert gathered.keys() == straight.keys()
     for key, value in straight["Aesthetics"].items():   # other batch compositions: equal up to float rounding
         numbers = isinstance(value, float) or isinstance(value, list) and all(isinstance(v, float) for v in value)
         assert gathered["Aesthetics"][key] == (pytest.approx(value, rel=1e-5) if numbers else value), key
+
+
+class Counting:
+    """A scorer that records each batch it answers: (thread, batch size, dimensions)."""
+
+    answer_stream, _answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_stream, Scorer._answer_threads
+    _attention_backends = Scorer._attention_backends
+
+    def __init__(self, scorer):
+        import threading
+        self.scorer, self.prepare, self.model, self.calls = scorer, scorer.prepare, scorer.model, []
+        self.compiled, self.cudnn_attention, self._threading = False, False, threading
+
+    def answer_prepared(self, batch, dims, mode):
+        answers = self.scorer.answer_prepared(batch, dims, mode)
+        names = [getattr(d, "name", d) for d in (dims if isinstance(dims, list) else [dims] * len(answers))]
+        self.calls.append((self._threading.current_thread().name, len(answers), names))
+        return answers
+
+
+def test_batches_run_across_dimensions(trained, synth_bench, tmp_path):
+    """32 items of 4 dimensions, batches of 3: 11 batches, all full but the last, some of two dimensions;
+    each dimension's metrics equal its run alone (other batch compositions: up to float rounding)."""
+    scorer = Scorer.load(str(trained["qwen"]))
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              batch_size=3, mode="expected")
+    counting = Counting(scorer)
+    mixed = run_benchmark(counting, out=tmp_path / "mixed", **kw)
+    assert [n for _, n, _ in counting.calls] == [3] * 10 + [2]
+    assert sum(len(set(names)) == 2 for _, _, names in counting.calls) == 2   # across items 8 and 16
+    for dim in mixed:
+        alone = run_benchmark(scorer, out=tmp_path / dim, dims=[dim], **kw)[dim]
+        for key, value in alone.items():
+            numbers = isinstance(value, float) or isinstance(value, list) and all(isinstance(v, float) for v in value)
+            assert mixed[dim][key] == (pytest.approx(value, rel=1e-5) if numbers else value), (dim, key)
+        records = read_records(tmp_path / "mixed" / dim)
+        assert sorted(records) == list(range(8)) and all(r["image"].startswith(dim) for r in records.values())
+
+
+@pytest.mark.parametrize("mode", ["generate", "expected"])
+def test_one_batch_of_several_dimensions(trained, synth_bench, mode):
+    """Each item is parsed (and in expected mode read) on its own dimension: the same batch answered with
+    one dimension for all gives, for each item, exactly what the mixed call gave it."""
+    from cogip.errors import CogipError
+    scorer = Scorer.load(str(trained["qwen"]))
+    dims = ["Aesthetics", "Funniness", "Emotional_Valence", "Memorability"]
+    items = [read_test_messages(synth_bench / f"test_msg_file/{d}/{d}_messages.json",
+                                synth_bench / f"test_msg_file/{d}/{d}_scores.json", d)[1] for d in dims]
+    batch = scorer.prepare([open_image(synth_bench / "cognition/cognition_images" / item.image) for item in items],
+                           [item.prompt for item in items])
+    mixed = scorer.answer_prepared(batch, dims, mode)
+    for b, d in enumerate(dims):
+        assert mixed[b] == scorer.answer_prepared(batch, d, mode)[b], d
+    assert sum(a.ok for a in mixed) >= 3, mixed
+    if mode == "expected":   # label probabilities over each item's own labels
+        for a, d in zip(mixed, dims):
+            labels = {lab for key in a.label_probs for lab in key.split("|")}
+            assert a.ok <= (labels <= set(get_dimension(d).labels) and len(labels) > 0), (d, a.label_probs)
+    with pytest.raises(CogipError, match="3 dimensions given for a batch of 4 items"):
+        scorer.answer_prepared(batch, dims[:3], mode)
+
+
+@pytest.mark.parametrize("pipeline", [1, 2])
+def test_warm_up_runs_in_every_answering_thread_first(trained, synth_bench, tmp_path, pipeline):
+    scorer = Scorer.load(str(trained["qwen"]))
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Funniness", "Memorability"], batch_size=4, mode="expected", pipeline=pipeline)
+    cold = run_benchmark(scorer, out=tmp_path / "cold", warm_up=False, **kw)
+    counting = Counting(scorer)
+    warm = run_benchmark(counting, out=tmp_path / "warm", warm_up=True, **kw)
+    assert warm == cold
+    warm_ups, answers = counting.calls[:pipeline], counting.calls[pipeline:]
+    assert [n for _, n, _ in warm_ups] == [1] * pipeline and [n for _, n, _ in answers] == [4] * 4
+    assert len({thread for thread, _, _ in warm_ups}) == pipeline   # one in each thread
+    assert {thread for thread, _, _ in answers} == {thread for thread, _, _ in warm_ups}
+    assert json.loads((tmp_path / "warm" / "timing.json").read_text())["warm_up"] is True
+    assert json.loads((tmp_path / "cold" / "timing.json").read_text())["warm_up"] is False
+    assert len(read_records(tmp_path / "warm" / "Funniness")) == 8   # the warm-up writes no record
+    counting.calls.clear()   # a scorer warms up once
+    assert run_benchmark(counting, out=tmp_path / "again", warm_up=True, **kw) == cold
+    assert [n for _, n, _ in counting.calls] == [4] * 4
+    assert json.loads((tmp_path / "again" / "timing.json").read_text())["warm_up"] is False
 
 
 def test_pinned_pool_growth_in_timing():

@@ -14,8 +14,12 @@ what growing the pinned host-memory pool cost), OUT/summary.png, plus a printed 
 --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
 are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
 no finished item and ends with the same metrics as an uninterrupted one.
-With several processes (`accelerate launch`), items are split between ranks, each appends to its
-own records file, and rank 0 gathers them in item order.
+Batches run across dimensions, so all but the last are full. With several processes (`accelerate
+launch`), the items are dealt out to the ranks in turn, each appends to its own records file, and rank
+0 gathers them in item order; the loop's clock starts when every rank has loaded its model, and
+timing.json adds the other ranks' own timelines (timing.rank<R>.json).
+On a GPU, each answering thread first answers a one-image warm-up batch while the loader prepares the
+first real one (--no-warm-up: not).
 """
 
 from __future__ import annotations
@@ -99,20 +103,34 @@ def summary_plot(path: Path, summary: dict) -> None:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """One element = one prepared batch (images decoded, processed, padded) of one dimension: what
-    loader workers do while the GPU answers the previous batch."""
+    """One element = one prepared batch (images decoded, processed, padded) of (dimension, item) pairs:
+    what loader workers do while the GPU answers the previous batch."""
 
-    def __init__(self, scorer, chunks: list[tuple[str, list[int]]], plan: dict, image_root: Path):
+    def __init__(self, scorer, chunks: list[list[tuple[str, int]]], plan: dict, image_root: Path):
         self.prepare, self.chunks, self.plan, self.root = scorer.prepare, chunks, plan, image_root
 
     def __len__(self):
         return len(self.chunks)
 
     def __getitem__(self, j):
-        name, chunk = self.chunks[j]
-        items = self.plan[name][0]
-        images = [open_image(self.root / items[i].image, f"{name} item {i}") for i in chunk]
-        return name, chunk, self.prepare(images, [items[i].prompt for i in chunk])
+        chunk = self.chunks[j]
+        items = [self.plan[name][0][i] for name, i in chunk]
+        images = [open_image(self.root / item.image, f"{name} item {i}") for (name, i), item in zip(chunk, items)]
+        return chunk, self.prepare(images, [item.prompt for item in items])
+
+
+def _warm_up_batch(scorer, plan: dict, chunk: list[tuple[str, int]], image_root: Path, mode: str) -> tuple:
+    """A one-image batch shaped like the run's first item (a flat grey image of its size, read from the file's
+    header only) for `answer_stream(warm_up=...)`."""
+    from PIL import Image
+    name, i = chunk[0]
+    item = plan[name][0][i]
+    try:
+        with Image.open(image_root / item.image) as im:
+            size = im.size
+    except OSError:   # a bad image is the check's to report, in its own words
+        size = (448, 448)
+    return scorer.prepare([Image.new("RGB", size, (128, 128, 128))], [item.prompt]), name, mode
 
 
 def _pinned_stats() -> dict:
@@ -189,7 +207,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
                   num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0, prefetch: int = 2,
-                  pin_memory: bool | None = None) -> dict:
+                  pin_memory: bool | None = None, warm_up: bool | None = None) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -217,23 +235,27 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                              file=str(run_file))
         finished = read_records(out / name)
         todo[name] = [i for i in indices if i not in finished]
-    # This rank's share is fixed by position in the whole sample, then thinned by what is finished. A share
-    # of what is left would shift as soon as another rank, started earlier, has written records.
-    share = {name: [i for i in indices[rank::world] if i in left] for name, (_, indices) in plan.items()
-             for left in [set(todo[name])]}
-
-    # one loader over every dimension's batches: its workers start once and stay ahead across dimensions
-    chunks = [(name, mine[s:s + batch_size]) for name in plan for mine in [share[name]]
-              for s in range(0, len(mine), batch_size)]
+    # This rank's share is fixed by position in the whole sample (every dimension's items, one after the
+    # other), then thinned by what is finished. A share of what is left would shift as soon as another rank,
+    # started earlier, has written records.
+    left = {(name, i) for name, indices in todo.items() for i in indices}
+    share = [pair for pair in [(name, i) for name, (_, indices) in plan.items() for i in indices][rank::world]
+             if pair in left]
+    # Batches run across dimensions (each answer is parsed on its own item's), so every batch but the last
+    # is full: per dimension, a rank's share would end in a part-batch, which runs nearly as long as a full one.
+    chunks = [share[s:s + batch_size] for s in range(0, len(share), batch_size)]
     if num_workers and chunks and batch_size >= 8:
         # ramp up: the first batch split into a quarter, a quarter and a half, each prepared by its own
         # worker, so the device starts after a quarter of a batch's preparation instead of a whole one
-        name, first = chunks[0]
-        q = batch_size // 4
-        chunks[:1] = [(name, part) for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
-    bar = tqdm(total=sum(len(c) for _, c in chunks), desc=f"answering ({mode})", disable=not is_main)
+        first, q = chunks[0], batch_size // 4
+        chunks[:1] = [part for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
+    bar = tqdm(total=len(share), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
     profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
+    if accelerator:   # the loop's clock starts when every rank has its model loaded (timing.json: ranks_ready_s)
+        waiting = time.perf_counter()
+        accelerator.wait_for_everyone()
+        ranks_ready = time.perf_counter() - waiting
     started = time.perf_counter()
     # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
@@ -268,23 +290,31 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
 
     def jobs():
-        for name, chunk, batch in prepared:
+        for chunk, batch in prepared:
             seen.setdefault("first_batch_s", time.perf_counter() - started)
-            yield (name, chunk), batch, get_dimension(name), mode
+            yield chunk, batch, [get_dimension(name) for name, _ in chunk], mode
 
+    if warm_up is None:   # compiled parts would compile for the warm-up's shape: not worth it
+        warm_up = torch.cuda.is_available() and not getattr(scorer, "compiled", False)
+    warm = (_warm_up_batch(scorer, plan, chunks[0], image_root, mode)
+            if warm_up and chunks and not getattr(scorer, "warm", False) else None)   # once per scorer
     first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
     with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
         try:
-            for (name, chunk), answers in scorer.answer_stream(jobs(), depth=pipeline):
+            for chunk, answers in scorer.answer_stream(jobs(), depth=pipeline, warm_up=warm):
                 now = time.perf_counter() - started
                 first_answers = first_answers or now
                 answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
                 passed_check()
-                items = plan[name][0]
-                append_jsonl(out / name / shard, [{
-                    "index": i, "image": items[i].image, "prompt": items[i].prompt, "answer": a.text, "label": a.label,
-                    "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread, "label_probs": a.label_probs,
-                    "reference": items[i].score, "reference_label": items[i].label} for i, a in zip(chunk, answers)])
+                by_dimension = {}
+                for (name, i), a in zip(chunk, answers):
+                    item = plan[name][0][i]
+                    by_dimension.setdefault(name, []).append({
+                        "index": i, "image": item.image, "prompt": item.prompt, "answer": a.text, "label": a.label,
+                        "score": a.score, "ok": a.ok, "error": a.error, "spread": a.spread,
+                        "label_probs": a.label_probs, "reference": item.score, "reference_label": item.label})
+                for name, records in by_dimension.items():
+                    append_jsonl(out / name / shard, records)
                 bar.update(len(chunk))
                 if len(answered) == profile_batches:
                     profiling()
@@ -294,21 +324,31 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     passed_check()   # also when nothing was left to answer
     profiling()   # a run of fewer batches than asked for
     bar.close()
+    # this rank's own timeline; rank 0's timing.json adds the other ranks' (written as timing.rank<R>.json)
+    own = {"items": len(share), "seconds": round(time.perf_counter() - started, 3),
+           "ranks_ready_s": round(ranks_ready, 3) if accelerator else None,
+           "workers_started_s": round(workers_started, 3),
+           "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
+           "first_answers_s": round(first_answers, 3) if first_answers else None, "answered": answered,
+           "warm_up": warm is not None}
     if accelerator:
+        if not is_main:
+            write_json(out / f"timing.rank{rank}.json", own)
         accelerator.wait_for_everyone()
     if not is_main:
         return {}
     seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
+    ranks = [json.loads((out / f"timing.rank{r}.json").read_text()) for r in range(1, world)]
     write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
                                      "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
-                                     "workers_started_s": round(workers_started, 3),
-                                     "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
-                                     "first_answers_s": round(first_answers, 3) if first_answers else None,
                                      "images_per_s": round(n_run / seconds, 3) if n_run else None,
-                                     "answered": answered, "gc": gc_pauses.summary(),
+                                     **{k: v for k, v in own.items() if k not in ("items", "seconds")},
+                                     "gc": gc_pauses.summary(),
                                      "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
                                                 "host_register": pin_memory and _host_register(),
-                                                **_pinned_growth(pinned_before, _pinned_stats())}})
+                                                **_pinned_growth(pinned_before, _pinned_stats())},
+                                     **({"rank0": {"items": own["items"], "seconds": own["seconds"]},
+                                         "other_ranks": ranks} if world > 1 else {})})
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
@@ -368,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="pin prepared batches for asynchronous copies (default: on a GPU)")
+    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer a one-image batch in every answering thread while the first batch is prepared, "
+                        "so the GPU's first-call set-up overlaps it (default: on a GPU, without --compile)")
     p.add_argument("--profile-batches", type=int, default=0, metavar="N",
                    help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
@@ -389,7 +432,8 @@ def _evaluate(a) -> None:
                   run_info={"model_id": a.model_id, "base_model": a.base_model},
                   num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
                   pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
-                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
+                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory,
+                  warm_up=a.warm_up)
 
 
 if __name__ == "__main__":

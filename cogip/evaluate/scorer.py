@@ -22,7 +22,7 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -67,9 +67,10 @@ class Scorer:
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self.max_new_tokens = max_new_tokens
+        self.warm = False   # has answered through answer_stream: the GPU's first-call set-up is done
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
-        self._columns: dict[str, tuple] = {}
+        self._columns: dict[tuple[str, ...], tuple] = {}
 
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
@@ -131,18 +132,23 @@ class Scorer:
         """One Answer per (image, prompt)."""
         return self.answer_prepared(self.prepare(images, prompts), dimension, mode)
 
-    def answer_prepared(self, batch: dict, dimension: str | Dimension, mode: str = "generate") -> list[Answer]:
-        """Answers for a batch from `prepare`."""
+    def answer_prepared(self, batch: dict, dimension: str | Dimension | Sequence, mode: str = "generate") -> list[Answer]:
+        """Answers for a batch from `prepare`. `dimension`: one for the whole batch, or one per item (a batch
+        may mix dimensions: each answer is parsed, and in expected mode read, on its own item's)."""
         if mode not in ("generate", "expected"):
             raise CogipError(f"scoring mode must be generate or expected, not {mode!r}")
-        dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
+        size = len(batch["input_ids"])
+        per_item = dimension if isinstance(dimension, (list, tuple)) else [dimension] * size
+        if len(per_item) != size:
+            raise CogipError(f"{len(per_item)} dimensions given for a batch of {size} items")
+        dims = [d if isinstance(d, Dimension) else get_dimension(d) for d in per_item]
         new, logits = self._generate(batch, with_scores=mode == "expected")
         if mode == "expected":   # the few columns the scores read, normalised over the vocabulary: one transfer
-            cols, spans, at = self._score_columns(dim)
+            cols, spans, at = self._score_columns(dims)
             logp = (logits[..., cols.to(logits.device)] - logits.logsumexp(-1, keepdim=True)).cpu()
         stop = self._end_ids()
         answers = []
-        for b, ids in enumerate(new.tolist()):
+        for b, (ids, dim) in enumerate(zip(new.tolist(), dims)):
             n = next((i for i, t in enumerate(ids) if t in stop), len(ids))
             text = self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
             parsed = parse_answer(text, dim)
@@ -162,8 +168,13 @@ class Scorer:
             out += [a.score for a in self.answer(chunk, [prompt or dim.prompt] * len(chunk), dim, mode)]
         return out
 
-    def answer_stream(self, jobs: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
-        """(key, prepared batch, dimension, mode) jobs -> (key, answers), in job order.
+    def answer_stream(self, jobs: Iterable[tuple], depth: int = 1, warm_up: tuple | None = None) -> Iterator[tuple]:
+        """(key, prepared batch, dimension(s), mode) jobs -> (key, answers), in job order.
+
+        warm_up: a (prepared batch, dimension, mode) that every answering thread answers first, and throws
+        away, while the caller is still waiting for its first job: the first calls of a process on a GPU
+        load kernels and set up libraries (per thread and stream), which then overlaps the loader's
+        preparation of the first batch instead of following it.
 
         depth > 1 keeps up to `depth` batches in flight, each in its own thread (and CUDA stream): HF
         `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
@@ -175,10 +186,14 @@ class Scorer:
         model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
         another thread's model calls would run into."""
         with self._attention_backends():
-            yield from self._answer_stream(jobs, depth)
+            for done in self._answer_stream(jobs, depth, warm_up):
+                self.warm = True
+                yield done
 
-    def _answer_stream(self, jobs: Iterable[tuple], depth: int) -> Iterator[tuple]:
+    def _answer_stream(self, jobs: Iterable[tuple], depth: int, warm_up: tuple | None = None) -> Iterator[tuple]:
         if depth <= 1:
+            if warm_up:
+                self.answer_prepared(*warm_up)
             for key, batch, dim, mode in jobs:
                 yield key, self.answer_prepared(batch, dim, mode)
             return
@@ -194,6 +209,11 @@ class Scorer:
             with torch.cuda.stream(local.stream) if cuda else contextlib.nullcontext():
                 return self.answer_prepared(batch, dim, mode)
 
+        warming = []
+        if warm_up:
+            # one warm-up in each thread: each waits at the barrier until all have started, so none takes two
+            barrier = threading.Barrier(depth, timeout=60)
+            warming = [pool.submit(lambda: (barrier.wait(), run(*warm_up))) for _ in range(depth)]
         pending: deque = deque()
         try:
             for key, batch, dim, mode in jobs:
@@ -207,6 +227,8 @@ class Scorer:
                     yield key, answers
                     continue
                 pending.append((key, pool.submit(run, batch, dim, mode)))
+                while warming:   # a warm-up's error is the run's
+                    warming.pop().result()
                 while len(pending) > depth:   # one more than the threads, queued: none waits for this loop
                     key, done = pending.popleft()
                     yield key, done.result()
@@ -214,8 +236,8 @@ class Scorer:
                 key, done = pending.popleft()
                 yield key, done.result()
         finally:
-            for _, left in pending:   # interrupted: let what runs finish, so the next call starts clean
-                left.cancel() or left.exception()
+            for left in warming + [f for _, f in pending]:   # interrupted: let what runs finish, so the next
+                left.cancel() or left.exception()            # call starts clean
 
     def _answer_threads(self, depth: int):
         """The threads (and their CUDA streams) that answer batches, kept across calls: the allocator
@@ -235,18 +257,20 @@ class Scorer:
                                            for lab in dim.labels]
         return self._label_tries[dim.name]
 
-    def _score_columns(self, dim: Dimension) -> tuple[torch.Tensor, dict[int, slice], dict[int, int]]:
+    def _score_columns(self, dims: list[Dimension]) -> tuple[torch.Tensor, dict[int, slice], dict[int, int]]:
         """Vocabulary ids whose log-probabilities expected mode reads: the number tokens (class k at
-        spans[k], in value order) and the dimension's label tokens (token id -> column at[id])."""
-        if dim.name not in self._columns:
+        spans[k], in value order) and the label tokens of the batch's dimensions (token id -> column at[id])."""
+        key = tuple(sorted({d.name for d in dims}))
+        if key not in self._columns:
             ids, spans = [], {}
             for k, cls in sorted(self.numbers.classes.items()):
                 spans[k] = slice(len(ids), len(ids) + len(cls))
                 ids += cls.tolist()
-            labels = sorted({t for _, lids in self._label_trie(dim) for t in lids})
+            labels = sorted({t for d in {d.name: d for d in dims}.values() for _, lids in self._label_trie(d)
+                             for t in lids})
             at = {t: len(ids) + j for j, t in enumerate(labels)}
-            self._columns[dim.name] = (torch.tensor(ids + labels), spans, at)
-        return self._columns[dim.name]
+            self._columns[key] = (torch.tensor(ids + labels), spans, at)
+        return self._columns[key]
 
     def _expect(self, ans: Answer, ids: list[int], logp: torch.Tensor, dim: Dimension, spans: dict[int, slice],
                 at: dict[int, int]) -> None:
