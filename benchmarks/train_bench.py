@@ -10,7 +10,8 @@ without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vi
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
 `torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `wholecompile=language`: the
-language blocks compiled whole, for training), `ours:liger=nolayernorm` (Liger without its LayerNorm).
+language blocks compiled whole, for training; with `compilemode=reduce-overhead`, replayed as CUDA
+graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
@@ -156,8 +157,8 @@ def main():
         if "wholecompile" in opts:   # whole blocks, language ones included (no KV cache in training)
             wanted = parse_parts(opts["wholecompile"])
             whole = [block for _, block, part in repeated_blocks(model, fam) if part in wanted]
-            for block in whole:
-                block.compile()
+            for block in whole:   # compilemode=reduce-overhead: CUDA graphs too (the language part is host-bound)
+                block.compile(mode=opts.get("compilemode"))
             print(variant, "compiled modules:", len(whole))
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
