@@ -68,6 +68,9 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
+        came, prepared = zip(*timing["arrived"])   # each prepared batch's arrival, before its answers
+        assert prepared == done and came[0] == timing["first_batch_s"]
+        assert all(c <= s for c, s in zip(came, seconds)) and list(came) == sorted(came)
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
         assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False, "host_register": False}   # the CPU's defaults
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
@@ -266,28 +269,6 @@ def test_one_batch_of_several_dimensions(trained, synth_bench, mode):
             assert a.ok <= (labels <= set(get_dimension(d).labels) and len(labels) > 0), (d, a.label_probs)
     with pytest.raises(CogipError, match="3 dimensions given for a batch of 4 items"):
         scorer.answer_prepared(batch, dims[:3], mode)
-
-
-@pytest.mark.parametrize("pipeline", [1, 2])
-def test_warm_up_runs_in_every_answering_thread_first(trained, synth_bench, tmp_path, pipeline):
-    scorer = Scorer.load(str(trained["qwen"]))
-    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
-              dims=["Funniness", "Memorability"], batch_size=4, mode="expected", pipeline=pipeline)
-    cold = run_benchmark(scorer, out=tmp_path / "cold", warm_up=False, **kw)
-    counting = Counting(scorer)
-    warm = run_benchmark(counting, out=tmp_path / "warm", warm_up=True, **kw)
-    assert warm == cold
-    warm_ups, answers = counting.calls[:pipeline], counting.calls[pipeline:]
-    assert [n for _, n, _ in warm_ups] == [1] * pipeline and [n for _, n, _ in answers] == [4] * 4
-    assert len({thread for thread, _, _ in warm_ups}) == pipeline   # one in each thread
-    assert {thread for thread, _, _ in answers} == {thread for thread, _, _ in warm_ups}
-    assert json.loads((tmp_path / "warm" / "timing.json").read_text())["warm_up"] is True
-    assert json.loads((tmp_path / "cold" / "timing.json").read_text())["warm_up"] is False
-    assert len(read_records(tmp_path / "warm" / "Funniness")) == 8   # the warm-up writes no record
-    counting.calls.clear()   # a scorer warms up once
-    assert run_benchmark(counting, out=tmp_path / "again", warm_up=True, **kw) == cold
-    assert [n for _, n, _ in counting.calls] == [4] * 4
-    assert json.loads((tmp_path / "again" / "timing.json").read_text())["warm_up"] is False
 
 
 def test_pinned_pool_growth_in_timing():

@@ -9,7 +9,7 @@ Per dimension, into OUT/<Dim>/:
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
 all ranks together; when the loader's workers had started and the first batch and answers came,
-the items done after each batch, Python's garbage-collection pauses, and the loader's settings with
+when each prepared batch arrived and the items done after each batch, Python's garbage-collection pauses, and the loader's settings with
 what growing the pinned host-memory pool cost), OUT/summary.png, plus a printed table; with
 --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
 are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
@@ -18,8 +18,6 @@ Batches run across dimensions, so all but the last are full. With several proces
 launch`), the items are dealt out to the ranks in turn, each appends to its own records file, and rank
 0 gathers them in item order; the loop's clock starts when every rank has loaded its model, and
 timing.json adds the other ranks' own timelines (timing.rank<R>.json).
-On a GPU, each answering thread first answers a one-image warm-up batch while the loader prepares the
-first real one (--no-warm-up: not).
 """
 
 from __future__ import annotations
@@ -119,20 +117,6 @@ class _Batches(torch.utils.data.Dataset):
         return chunk, self.prepare(images, [item.prompt for item in items])
 
 
-def _warm_up_batch(scorer, plan: dict, chunk: list[tuple[str, int]], image_root: Path, mode: str) -> tuple:
-    """A one-image batch shaped like the run's first item (a flat grey image of its size, read from the file's
-    header only) for `answer_stream(warm_up=...)`."""
-    from PIL import Image
-    name, i = chunk[0]
-    item = plan[name][0][i]
-    try:
-        with Image.open(image_root / item.image) as im:
-            size = im.size
-    except OSError:   # a bad image is the check's to report, in its own words
-        size = (448, 448)
-    return scorer.prepare([Image.new("RGB", size, (128, 128, 128))], [item.prompt]), name, mode
-
-
 def _pinned_stats() -> dict:
     """The pinned host-memory pool's growth counters (torch.cuda.host_memory_stats; empty without CUDA)."""
     try:
@@ -207,7 +191,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
                   num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0, prefetch: int = 2,
-                  pin_memory: bool | None = None, warm_up: bool | None = None) -> dict:
+                  pin_memory: bool | None = None) -> dict:
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -287,21 +271,17 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                 write_json(out / name / "run.json", {**info, "indices": indices})
                 write_json(out / name / "sample.json", indices)
 
-    seen = {}   # when the first prepared batch and the first answers arrived: the loop's start-up
+    arrived = []   # (seconds, items prepared) as each prepared batch reaches this process: loader or device?
 
     def jobs():
         for chunk, batch in prepared:
-            seen.setdefault("first_batch_s", time.perf_counter() - started)
+            arrived.append((round(time.perf_counter() - started, 3), len(chunk) + (arrived[-1][1] if arrived else 0)))
             yield chunk, batch, [get_dimension(name) for name, _ in chunk], mode
 
-    if warm_up is None:   # compiled parts would compile for the warm-up's shape: not worth it
-        warm_up = torch.cuda.is_available() and not getattr(scorer, "compiled", False)
-    warm = (_warm_up_batch(scorer, plan, chunks[0], image_root, mode)
-            if warm_up and chunks and not getattr(scorer, "warm", False) else None)   # once per scorer
     first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
     with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
         try:
-            for chunk, answers in scorer.answer_stream(jobs(), depth=pipeline, warm_up=warm):
+            for chunk, answers in scorer.answer_stream(jobs(), depth=pipeline):
                 now = time.perf_counter() - started
                 first_answers = first_answers or now
                 answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
@@ -328,9 +308,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     own = {"items": len(share), "seconds": round(time.perf_counter() - started, 3),
            "ranks_ready_s": round(ranks_ready, 3) if accelerator else None,
            "workers_started_s": round(workers_started, 3),
-           "first_batch_s": round(seen["first_batch_s"], 3) if seen else None,
-           "first_answers_s": round(first_answers, 3) if first_answers else None, "answered": answered,
-           "warm_up": warm is not None}
+           "first_batch_s": arrived[0][0] if arrived else None,
+           "first_answers_s": round(first_answers, 3) if first_answers else None, "arrived": arrived,
+           "answered": answered}
     if accelerator:
         if not is_main:
             write_json(out / f"timing.rank{rank}.json", own)
@@ -408,9 +388,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="pin prepared batches for asynchronous copies (default: on a GPU)")
-    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
-                   help="answer a one-image batch in every answering thread while the first batch is prepared, "
-                        "so the GPU's first-call set-up overlaps it (default: on a GPU, without --compile)")
     p.add_argument("--profile-batches", type=int, default=0, metavar="N",
                    help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
@@ -432,8 +409,7 @@ def _evaluate(a) -> None:
                   run_info={"model_id": a.model_id, "base_model": a.base_model},
                   num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
                   pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
-                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory,
-                  warm_up=a.warm_up)
+                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
 
 
 if __name__ == "__main__":

@@ -67,7 +67,6 @@ class Scorer:
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self.max_new_tokens = max_new_tokens
-        self.warm = False   # has answered through answer_stream: the GPU's first-call set-up is done
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
         self._columns: dict[tuple[str, ...], tuple] = {}
@@ -168,13 +167,8 @@ class Scorer:
             out += [a.score for a in self.answer(chunk, [prompt or dim.prompt] * len(chunk), dim, mode)]
         return out
 
-    def answer_stream(self, jobs: Iterable[tuple], depth: int = 1, warm_up: tuple | None = None) -> Iterator[tuple]:
+    def answer_stream(self, jobs: Iterable[tuple], depth: int = 1) -> Iterator[tuple]:
         """(key, prepared batch, dimension(s), mode) jobs -> (key, answers), in job order.
-
-        warm_up: a (prepared batch, dimension, mode) that every answering thread answers first, and throws
-        away, while the caller is still waiting for its first job: the first calls of a process on a GPU
-        load kernels and set up libraries (per thread and stream), which then overlaps the loader's
-        preparation of the first batch instead of following it.
 
         depth > 1 keeps up to `depth` batches in flight, each in its own thread (and CUDA stream): HF
         `generate` leaves the GPU idle whenever the host syncs (a stop check per decoding step, the
@@ -186,14 +180,10 @@ class Scorer:
         model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
         another thread's model calls would run into."""
         with self._attention_backends():
-            for done in self._answer_stream(jobs, depth, warm_up):
-                self.warm = True
-                yield done
+            yield from self._answer_stream(jobs, depth)
 
-    def _answer_stream(self, jobs: Iterable[tuple], depth: int, warm_up: tuple | None = None) -> Iterator[tuple]:
+    def _answer_stream(self, jobs: Iterable[tuple], depth: int) -> Iterator[tuple]:
         if depth <= 1:
-            if warm_up:
-                self.answer_prepared(*warm_up)
             for key, batch, dim, mode in jobs:
                 yield key, self.answer_prepared(batch, dim, mode)
             return
@@ -209,11 +199,6 @@ class Scorer:
             with torch.cuda.stream(local.stream) if cuda else contextlib.nullcontext():
                 return self.answer_prepared(batch, dim, mode)
 
-        warming = []
-        if warm_up:
-            # one warm-up in each thread: each waits at the barrier until all have started, so none takes two
-            barrier = threading.Barrier(depth, timeout=60)
-            warming = [pool.submit(lambda: (barrier.wait(), run(*warm_up))) for _ in range(depth)]
         pending: deque = deque()
         try:
             for key, batch, dim, mode in jobs:
@@ -227,8 +212,6 @@ class Scorer:
                     yield key, answers
                     continue
                 pending.append((key, pool.submit(run, batch, dim, mode)))
-                while warming:   # a warm-up's error is the run's
-                    warming.pop().result()
                 while len(pending) > depth:   # one more than the threads, queued: none waits for this loop
                     key, done = pending.popleft()
                     yield key, done.result()
@@ -236,8 +219,8 @@ class Scorer:
                 key, done = pending.popleft()
                 yield key, done.result()
         finally:
-            for left in warming + [f for _, f in pending]:   # interrupted: let what runs finish, so the next
-                left.cancel() or left.exception()            # call starts clean
+            for _, left in pending:   # interrupted: let what runs finish, so the next call starts clean
+                left.cancel() or left.exception()
 
     def _answer_threads(self, depth: int):
         """The threads (and their CUDA streams) that answer batches, kept across calls: the allocator
