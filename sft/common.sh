@@ -9,6 +9,8 @@
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
 #             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
+#             GRAPH_PARTS (none; language | vision | all: those blocks compiled and replayed as CUDA graphs, e.g.
+#                          language for Llama; not with their checkpointing, ZeRO-3 or FSDP)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
 #             SDPA_BACKENDS (auto, or a comma list of cudnn, flash, efficient: the fused attention kernels allowed)
 set -euo pipefail
@@ -30,6 +32,7 @@ if (( NUM_GPUS > 0 )); then
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"
+               --graph_parts "${GRAPH_PARTS:-none}"
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
                --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")
   [ -n "$DS_CONFIG" ] && device_args+=(--deepspeed "$DS_CONFIG")

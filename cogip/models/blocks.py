@@ -57,7 +57,7 @@ def keep_context(keep: str | Iterable[str]):
     return partial(create_selective_checkpoint_contexts, policy)
 
 
-def parse_parts(spec: str | Iterable[str]) -> set[str]:
+def parse_parts(spec: str | Iterable[str], what: str = "checkpointing parts") -> set[str]:
     """'all' | 'none' | comma-separated subset of PARTS."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if items in (["all"], []):
@@ -66,7 +66,7 @@ def parse_parts(spec: str | Iterable[str]) -> set[str]:
         return set()
     unknown = [s for s in items if s not in PARTS]
     if unknown:
-        raise CogipError(f"checkpointing parts must be all, none or a subset of {', '.join(PARTS)}; got {unknown[0]!r}")
+        raise CogipError(f"{what} must be all, none or a subset of {', '.join(PARTS)}; got {unknown[0]!r}")
     return set(items)
 
 
@@ -102,6 +102,26 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision")
                 child.compile(dynamic=True)
                 n += 1
     return n
+
+
+def graph_blocks(model, family: Family, parts: str | Iterable[str]) -> int:
+    """For training: compile the repeated blocks of `parts` whole and replay them as CUDA graphs
+    (`torch.compile(mode="reduce-overhead")`); returns how many. For parts whose step is host-bound:
+    Llama-3.2-Vision's 40 LoRA language layers over ~150 tokens take the host longer to issue than the GPU
+    to run (docs/benchmarks.md, tenth round). A graph replays for one input shape: the SFT collator pads
+    sequence lengths to a multiple (`GRAPH_PAD_MULTIPLE`), so a run records a few. Not for blocks that are
+    checkpointed, nor under ZeRO-3 or FSDP, whose gathered parameters move between steps (callers check).
+    On a CPU the blocks are compiled without graphs."""
+    wanted = parse_parts(parts, "graph parts")
+    n = 0
+    for _, block, part in repeated_blocks(model, family):
+        if part in wanted:
+            block.compile(mode="reduce-overhead")
+            n += 1
+    return n
+
+
+GRAPH_PAD_MULTIPLE = 64   # sequence lengths padded to this with graph_blocks: few shapes, little padding
 
 
 def zero3_leaf_blocks(model, family: Family) -> list[type]:

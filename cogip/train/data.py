@@ -32,14 +32,15 @@ def load_sft_dataset(data_path: str | os.PathLike, image_folder: str | os.PathLi
 
 
 class SFTCollator:
-    """Batch = family chat prompt + answer + end-of-turn, right-padded; labels only on the answer.
+    """Batch = family chat prompt + answer + end-of-turn, right-padded (to a multiple of
+    `pad_to_multiple_of` if given); labels only on the answer.
 
     The answer is tokenized on its own and must be the tail of each row: the chat prompt ends with a
     special token or a newline, so nothing merges across the boundary (checked, not assumed).
     """
 
-    def __init__(self, family: Family, processor):
-        self.family, self.processor = family, processor
+    def __init__(self, family: Family, processor, pad_to_multiple_of: int | None = None):
+        self.family, self.processor, self.pad_to_multiple_of = family, processor, pad_to_multiple_of
         self.tokenizer = processor.tokenizer
 
     def __call__(self, rows: list[dict]) -> dict:
@@ -48,7 +49,7 @@ class SFTCollator:
         texts = [self.family.chat_prompt(self.processor, r["prompt"]) + a for r, a in zip(rows, answers)]
         self.tokenizer.padding_side = "right"
         batch = self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                               padding=True)
+                               padding=True, pad_to_multiple_of=self.pad_to_multiple_of)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         labels = torch.full_like(ids, -100)
         lengths = mask.sum(1).tolist()

@@ -23,8 +23,8 @@ from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (apply_liger, fsdp_wrap_blocks, parse_keep, parse_parts, repeated_blocks, set_checkpointing,
-                             zero3_leaf_blocks, zero3_prefetch_blocks)
+from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, fsdp_wrap_blocks, graph_blocks, parse_keep, parse_parts,
+                             repeated_blocks, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -51,6 +51,10 @@ class ModelArguments:
     checkpoint_keep: str = field(default="none", metadata={
         "help": "what a checkpointed block keeps from its forward instead of recomputing: none | attention (the "
                 "attention kernels' outputs: no attention recomputation, one hidden state more per block)"})
+    graph_parts: str = field(default="none", metadata={
+        "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
+                "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
+                "sequences are then padded to a multiple of 64)"})
     sdpa_backends: str = field(default="auto", metadata={
         "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
                 "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
@@ -202,6 +206,16 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     family = resolve_family(margs.model_id, margs.family)
     parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     parse_keep(margs.checkpoint_keep)
+    graphed = parse_parts(margs.graph_parts, "graph parts")
+    if graphed:   # a graph replays fixed parameter addresses and one forward: no recomputation, no gathering
+        both = sorted(graphed & parse_parts(margs.checkpoint_parts)) if targs.activation_checkpointing else []
+        if both:
+            raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
+                             f"checkpoint other parts (--checkpoint_parts) or graph fewer")
+        from transformers.integrations import is_deepspeed_zero3_enabled
+        if targs.fsdp or is_deepspeed_zero3_enabled():
+            raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
+                             "use ZeRO-2 or no sharding")
     if targs.fsdp and (targs.use_cpu or not torch.cuda.is_available()):
         raise CogipError("FSDP needs GPUs: on CPUs accelerate would silently train unsharded (DDP); "
                          "drop --fsdp / FSDP_CONFIG")
@@ -223,13 +237,15 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
     if targs.fsdp_plugin_args is not None:
         fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)   # FSDP2 too gathers block by block
+    graph_blocks(model, family, graphed)   # host-bound blocks as CUDA graphs (docs/benchmarks.md)
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
                             soft=largs.soft_labels)
     targs.remove_unused_columns = False   # the collator needs the raw columns
-    return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=SFTCollator(family, processor),
+    collator = SFTCollator(family, processor, pad_to_multiple_of=GRAPH_PAD_MULTIPLE if graphed else None)
+    return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
                         processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
                         merger_lr=margs.merger_lr,
                         callbacks=[CheckpointParts(family, margs.checkpoint_parts, margs.checkpoint_keep), *(callbacks or [])])

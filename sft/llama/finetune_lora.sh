@@ -9,5 +9,7 @@ DEFAULT_SOFT_ETA=0.08
 # Recompute only the vision encoder (transformers never checkpoints it): 18 GiB of activations instead
 # of 44 at 4 tiles x batch 4, and no slower (docs/benchmarks.md).
 DEFAULT_CHECKPOINT_PARTS=vision
+# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 7% faster through
+# this launcher at real size, not the default (docs/benchmarks.md, tenth round).
 FAMILY_ARGS=()
 source "$(dirname "$0")/../common.sh"
