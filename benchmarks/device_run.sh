@@ -20,6 +20,10 @@ section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$RES/$1.log" 2>&1; e
 loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
 multigpu() { bash benchmarks/multigpu_check.sh; }
+graphs() {   # one GPU: CUDA-graphed language blocks through the SFT launcher (REAL=1: at real size)
+  local rc=0; WORK=/tmp/gc bash benchmarks/graph_check.sh || rc=$?
+  for f in /tmp/gc/*.log; do cp "$f" "$RES/graphs_$(basename "$f")"; done; return $rc
+}
 breakdown() { python3 benchmarks/eval_breakdown.py ${BREAKDOWN_ARGS:-}; }   # e.g. BREAKDOWN_ARGS="--compile all --stream 6"
 sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
@@ -39,7 +43,7 @@ run_section() {
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
-    gemma|llama|evalvar|scaling|scaling_prep|sdpa) section "$1" "$1" ;;
+    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs) section "$1" "$1" ;;
   esac
 }
 # a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time

@@ -1,7 +1,8 @@
 """Save a real-size model with random weights (published architecture config, bf16) and a processor,
 so the users' launchers (`finetune_lora.sh`, `cog_test.sh`) can run on it without the hub.
 
-    python benchmarks/real_model.py --family qwen OUT          # GPU: initialises on the GPU
+    python benchmarks/real_model.py --family qwen OUT          # GPU: initialises on the GPU (llama, gemma too,
+                                                               # with their published image processing)
     python benchmarks/real_model.py --family qwen --tiny OUT   # CPU smoke: the tiny config instead
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cogip.models.configs import REAL
+from cogip.models.configs import REAL, real_processor
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
 
@@ -30,7 +31,7 @@ def main():
         shutil.copytree(tiny, out, dirs_exist_ok=True)
         return
     fam = FAMILIES[a.family]
-    processor = fam.load_processor(tiny)
+    processor = real_processor(a.family, fam.load_processor(tiny))
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = fam.model_cls()._from_config(REAL[a.family](processor.tokenizer), dtype=torch.bfloat16)

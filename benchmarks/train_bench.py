@@ -11,7 +11,8 @@ without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vi
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
 `torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `wholecompile=language`: the
 language blocks compiled whole, for training; with `compilemode=reduce-overhead`, replayed as CUDA
-graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm).
+graphs; `graphs=language`: the same through `graph_blocks`, as `--graph_parts`), `ours:liger=nolayernorm`
+(Liger without its LayerNorm).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
@@ -43,7 +44,9 @@ from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
 from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
-from cogip.models.blocks import apply_liger, compile_blocks, parse_parts, repeated_blocks, set_checkpointing  # noqa: E402
+from cogip.models.blocks import (apply_liger, compile_blocks, graph_blocks, parse_parts, repeated_blocks,  # noqa: E402
+                                 set_checkpointing)
+from cogip.models.configs import real_processor  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
 from cogip.profiling import BlockTimeline, start_profile  # noqa: E402
@@ -105,18 +108,9 @@ def main():
     if a.family == "qwen":
         h, w = (896, 1120) if cuda else (84, 84)              # 64x80 patches = 1280 merged visual tokens
         fam.set_pixel_bounds(processor, h * w, h * w)
-    elif cuda and a.family == "llama":                        # 4 tiles of 560 px, as the issue measured
-        from transformers import MllamaImageProcessorPil, MllamaProcessor
-        h, w = 1120, 1120
-        processor = MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 560, "width": 560},
-                                                                           max_image_tiles=4),
-                                    tokenizer=processor.tokenizer, chat_template=processor.chat_template)
-    elif cuda:                                                # Gemma 3: 896 px, 256 image tokens
-        from transformers import Gemma3Processor
-        h, w = 896, 896
-        processor.image_processor.size = {"height": 896, "width": 896}
-        processor = Gemma3Processor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
-                                    chat_template=processor.chat_template, image_seq_length=256)
+    elif cuda:   # Llama: 4 tiles of 560 px, as the issue measured; Gemma 3: 896 px, 256 image tokens
+        processor = real_processor(a.family, processor)
+        h, w = (1120, 1120) if a.family == "llama" else (896, 896)
     else:
         h, w = 56, 56
     batch = SFTCollator(fam, processor)(batch_rows(out, 4, h, w))
@@ -154,6 +148,8 @@ def main():
                   flush=True)
         if "compile" in opts:   # compile (the vision blocks) or compile=PARTS; wholecompile=PARTS: language blocks whole
             print(variant, "compiled modules:", compile_blocks(model, fam, "vision" if opts["compile"] == "1" else opts["compile"]))
+        if "graphs" in opts:   # graphs=PARTS: cogip.models.blocks.graph_blocks, as `--graph_parts`
+            print(variant, "graphed blocks:", graph_blocks(model, fam, opts["graphs"]))
         if "wholecompile" in opts:   # whole blocks, language ones included (no KV cache in training)
             wanted = parse_parts(opts["wholecompile"])
             whole = [block for _, block, part in repeated_blocks(model, fam) if part in wanted]

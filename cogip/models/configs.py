@@ -1,5 +1,6 @@
 """Published architecture configs, for benchmarks that build real-size models with random weights
-(no hub needed). Token ids are filled in from whichever tokenizer the benchmark uses."""
+(no hub needed). Token ids are filled in from whichever tokenizer the benchmark uses; `real_processor`
+gives the published image processing to go with them."""
 
 QWEN2_5_VL_7B = dict(
     text_config=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -61,3 +62,20 @@ def gemma_3_12b(tokenizer):
 
 
 REAL = {"qwen": qwen2_5_vl_7b, "llama": llama_3_2_11b_vision, "gemma": gemma_3_12b}
+
+
+def real_processor(family: str, processor):
+    """The published model's processor, built around a locally made one's tokenizer and chat template:
+    Llama-3.2-Vision tiles of 560 px, at most 4; Gemma-3 images of 896 px as 256 tokens. Qwen2.5-VL's
+    processor is the same at every size (its pixel bounds are set per run)."""
+    if family == "llama":
+        from transformers import MllamaImageProcessorPil, MllamaProcessor
+        return MllamaProcessor(image_processor=MllamaImageProcessorPil(size={"height": 560, "width": 560},
+                                                                       max_image_tiles=4),
+                               tokenizer=processor.tokenizer, chat_template=processor.chat_template)
+    if family == "gemma":
+        from transformers import Gemma3Processor
+        processor.image_processor.size = {"height": 896, "width": 896}
+        return Gemma3Processor(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                               chat_template=processor.chat_template, image_seq_length=256)
+    return processor
