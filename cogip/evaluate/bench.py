@@ -9,8 +9,9 @@ Per dimension, into OUT/<Dim>/:
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
 all ranks together; when the loader's workers had started and the first batch and answers came,
-when each prepared batch arrived and the items done after each batch, Python's garbage-collection pauses, and the loader's settings with
-what growing the pinned host-memory pool cost), OUT/summary.png, plus a printed table; with
+when the loop took each prepared batch and the items done after each batch, Python's
+garbage-collection pauses, and the loader's settings with what growing the pinned host-memory pool
+cost), OUT/summary.png, plus a printed table; with
 --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
 are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
 no finished item and ends with the same metrics as an uninterrupted one.
@@ -271,7 +272,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                 write_json(out / name / "run.json", {**info, "indices": indices})
                 write_json(out / name / "sample.json", indices)
 
-    arrived = []   # (seconds, items prepared) as each prepared batch reaches this process: loader or device?
+    # (seconds, items taken) as the loop takes each prepared batch: it takes one as soon as an answering
+    # thread is free, so a batch taken later than that means the loader was behind
+    arrived = []
 
     def jobs():
         for chunk, batch in prepared:
