@@ -68,7 +68,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
-        came, prepared = zip(*timing["arrived"])   # each prepared batch's arrival, before its answers
+        came, prepared = zip(*timing["arrived"])   # when the loop took each prepared batch, before its answers
         assert prepared == done and came[0] == timing["first_batch_s"]
         assert all(c <= s for c, s in zip(came, seconds)) and list(came) == sorted(came)
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
@@ -212,20 +212,18 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
 
 
 class Counting:
-    """A scorer that records each batch it answers: (thread, batch size, dimensions)."""
+    """A scorer that records each batch it answers: (batch size, dimension names)."""
 
     answer_stream, _answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_stream, Scorer._answer_threads
     _attention_backends = Scorer._attention_backends
 
     def __init__(self, scorer):
-        import threading
         self.scorer, self.prepare, self.model, self.calls = scorer, scorer.prepare, scorer.model, []
-        self.compiled, self.cudnn_attention, self._threading = False, False, threading
+        self.compiled, self.cudnn_attention = False, False
 
     def answer_prepared(self, batch, dims, mode):
         answers = self.scorer.answer_prepared(batch, dims, mode)
-        names = [getattr(d, "name", d) for d in (dims if isinstance(dims, list) else [dims] * len(answers))]
-        self.calls.append((self._threading.current_thread().name, len(answers), names))
+        self.calls.append((len(answers), [d.name for d in dims]))
         return answers
 
 
@@ -237,8 +235,8 @@ def test_batches_run_across_dimensions(trained, synth_bench, tmp_path):
               batch_size=3, mode="expected")
     counting = Counting(scorer)
     mixed = run_benchmark(counting, out=tmp_path / "mixed", **kw)
-    assert [n for _, n, _ in counting.calls] == [3] * 10 + [2]
-    assert sum(len(set(names)) == 2 for _, _, names in counting.calls) == 2   # across items 8 and 16
+    assert [n for n, _ in counting.calls] == [3] * 10 + [2]
+    assert sum(len(set(names)) == 2 for _, names in counting.calls) == 2   # across items 8 and 16
     for dim in mixed:
         alone = run_benchmark(scorer, out=tmp_path / dim, dims=[dim], **kw)[dim]
         for key, value in alone.items():
