@@ -9,10 +9,9 @@ Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kern
 without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
-`torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `wholecompile=language`: the
-language blocks compiled whole, for training; with `compilemode=reduce-overhead`, replayed as CUDA
-graphs; `graphs=language`: the same through `graph_blocks`, as `--graph_parts`), `ours:liger=nolayernorm`
-(Liger without its LayerNorm).
+`torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `graphs=language`: the
+language blocks compiled whole and replayed as CUDA graphs, as `--graph_parts` (`graph_blocks`);
+`wholecompile=language`: compiled whole, no graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
@@ -44,8 +43,7 @@ from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
 from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
-from cogip.models.blocks import (apply_liger, compile_blocks, graph_blocks, parse_parts, repeated_blocks,  # noqa: E402
-                                 set_checkpointing)
+from cogip.models.blocks import apply_liger, compile_blocks, graph_blocks, repeated_blocks, set_checkpointing  # noqa: E402
 from cogip.models.configs import real_processor  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
@@ -146,16 +144,12 @@ def main():
         if opts.get("ckpt") not in (None, "none"):
             print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"], keep=opts.get("keep", "none")),
                   flush=True)
-        if "compile" in opts:   # compile (the vision blocks) or compile=PARTS; wholecompile=PARTS: language blocks whole
+        if "compile" in opts:   # compile (the vision blocks) or compile=PARTS
             print(variant, "compiled modules:", compile_blocks(model, fam, "vision" if opts["compile"] == "1" else opts["compile"]))
-        if "graphs" in opts:   # graphs=PARTS: cogip.models.blocks.graph_blocks, as `--graph_parts`
+        if "graphs" in opts:   # graphs=PARTS: as `--graph_parts`
             print(variant, "graphed blocks:", graph_blocks(model, fam, opts["graphs"]))
-        if "wholecompile" in opts:   # whole blocks, language ones included (no KV cache in training)
-            wanted = parse_parts(opts["wholecompile"])
-            whole = [block for _, block, part in repeated_blocks(model, fam) if part in wanted]
-            for block in whole:   # compilemode=reduce-overhead: CUDA graphs too (the language part is host-bound)
-                block.compile(mode=opts.get("compilemode"))
-            print(variant, "compiled modules:", len(whole))
+        if "wholecompile" in opts:   # wholecompile=PARTS: whole blocks, no graphs (no KV cache in training)
+            print(variant, "compiled modules:", graph_blocks(model, fam, opts["wholecompile"], mode=None))
         model.train()
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)

@@ -178,52 +178,6 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
                   str(ROOT / "sft" / "fsdp" / "fsdp2.json")))
 
 
-class BatchProbe(TrainerCallback):
-    """The model at the start, and every logged loss."""
-
-    def __init__(self):
-        self.losses = []
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.model = model
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(logs["loss"])
-
-
-def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
-    """Llama's language blocks compiled whole for CUDA graphs (on a CPU: compiled, no graphs): the same
-    losses as eager, sequences padded to a multiple of 64; bad combinations are one error line."""
-    from cogip.models.blocks import GRAPH_PAD_MULTIPLE, repeated_blocks
-    from cogip.train.data import SFTCollator
-    from torch._dynamo.utils import counters
-    runs, graphs_before = {}, counters["stats"]["unique_graphs"]
-    for name, extra in (("eager", []), ("graphs", ["--graph_parts", "language"])):
-        probe = BatchProbe()
-        trainer = run(_args(tiny_models["llama"], synth_bench, tmp_path / name, "--max_steps", "3", "--logging_steps",
-                            "1", "--save_strategy", "no", "--learning_rate", "1e-2", "--lora_dropout", "0", *extra),
-                      callbacks=[probe])
-        compiled = {part: [getattr(b, "_compiled_call_impl", None) is not None
-                           for _, b, p in repeated_blocks(probe.model, FAMILIES["llama"]) if p == part]
-                    for part in ("language", "vision")}
-        runs[name] = probe.losses, compiled, trainer.data_collator
-        rows = [trainer.train_dataset[i] for i in range(3)]
-    (eager, eager_compiled, eager_collator), (graphs, graphs_compiled, collator) = runs["eager"], runs["graphs"]
-    assert len(eager) == 3 and graphs == pytest.approx(eager, rel=1e-4)
-    assert counters["stats"]["unique_graphs"] > graphs_before   # the compiled blocks ran, not eager fallbacks
-    assert not any(eager_compiled["language"]) and all(graphs_compiled["language"]) and len(graphs_compiled["language"]) > 1
-    assert not any(graphs_compiled["vision"])
-    assert isinstance(collator, SFTCollator) and collator.pad_to_multiple_of == GRAPH_PAD_MULTIPLE
-    assert eager_collator.pad_to_multiple_of is None
-    assert collator(rows)["input_ids"].shape[1] % GRAPH_PAD_MULTIPLE == 0
-    with pytest.raises(CogipError, match="overlaps the checkpointed parts \\(language\\)"):
-        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "language",
-                  "--activation_checkpointing", "True", "--checkpoint_parts", "all"))
-    with pytest.raises(CogipError, match="graph parts must be all, none or a subset"):
-        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "decoder"))
-
-
 @pytest.mark.parametrize("env,expected", [({}, "none"), ({"GRAPH_PARTS": "language"}, "language")])
 def test_gpu_launcher_passes_graph_parts(tmp_path, env, expected):
     # the GPU branch of sft/common.sh, its command printed instead of run
@@ -238,6 +192,49 @@ def test_gpu_launcher_passes_graph_parts(tmp_path, env, expected):
 class ModelProbe(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.model = model
+
+
+class LossProbe(ModelProbe):
+    """The model at the start, and every logged loss."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
+    """Llama's language blocks compiled whole for CUDA graphs (on a CPU: compiled, no graphs): the same
+    losses as eager, sequences padded to a multiple of 64; bad combinations are one error line."""
+    from cogip.models.blocks import GRAPH_PAD_MULTIPLE, repeated_blocks
+    from cogip.train.data import SFTCollator
+    from torch._dynamo.utils import counters
+    runs, graphs_before = {}, counters["stats"]["unique_graphs"]
+    for name, extra in (("eager", []), ("graphs", ["--graph_parts", "language"])):
+        probe = LossProbe()
+        trainer = run(_args(tiny_models["llama"], synth_bench, tmp_path / name, "--max_steps", "3", "--logging_steps",
+                            "1", "--save_strategy", "no", "--learning_rate", "1e-2", "--lora_dropout", "0", *extra),
+                      callbacks=[probe])
+        compiled = {part: [getattr(b, "_compiled_call_impl", None) is not None
+                           for _, b, p in repeated_blocks(probe.model, FAMILIES["llama"]) if p == part]
+                    for part in ("language", "vision")}
+        runs[name] = probe.losses, compiled, trainer.data_collator
+    (eager, eager_compiled, eager_collator), (graphs, graphs_compiled, collator) = runs["eager"], runs["graphs"]
+    assert len(eager) == 3 and graphs == pytest.approx(eager, rel=1e-4)
+    assert counters["stats"]["unique_graphs"] > graphs_before   # the compiled blocks ran, not eager fallbacks
+    assert not any(eager_compiled["language"]) and all(graphs_compiled["language"]) and len(graphs_compiled["language"]) > 1
+    assert not any(graphs_compiled["vision"])
+    assert isinstance(collator, SFTCollator) and collator.pad_to_multiple_of == GRAPH_PAD_MULTIPLE
+    assert eager_collator.pad_to_multiple_of is None
+    rows = [trainer.train_dataset[i] for i in range(3)]
+    assert collator(rows)["input_ids"].shape[1] % GRAPH_PAD_MULTIPLE == 0
+    with pytest.raises(CogipError, match="overlaps the checkpointed parts \\(language\\)"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "language",
+                  "--activation_checkpointing", "True", "--checkpoint_parts", "all"))
+    with pytest.raises(CogipError, match="graph parts must be all, none or a subset"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "decoder"))
 
 
 def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):

@@ -104,9 +104,10 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision")
     return n
 
 
-def graph_blocks(model, family: Family, parts: str | Iterable[str]) -> int:
+def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | None = "reduce-overhead") -> int:
     """For training: compile the repeated blocks of `parts` whole and replay them as CUDA graphs
-    (`torch.compile(mode="reduce-overhead")`); returns how many. For parts whose step is host-bound:
+    (`torch.compile(mode="reduce-overhead")`); returns how many. `mode=None` compiles them whole without
+    graphs (measured slower for Llama; a benchmark variant). For parts whose step is host-bound:
     Llama-3.2-Vision's 40 LoRA language layers over ~150 tokens take the host longer to issue than the GPU
     to run (docs/benchmarks.md, tenth round). A graph replays for one input shape: the SFT collator pads
     sequence lengths to a multiple (`GRAPH_PAD_MULTIPLE`), so a run records a few. Not for blocks that are
@@ -116,7 +117,7 @@ def graph_blocks(model, family: Family, parts: str | Iterable[str]) -> int:
     n = 0
     for _, block, part in repeated_blocks(model, family):
         if part in wanted:
-            block.compile(mode="reduce-overhead")
+            block.compile(mode=mode)
             n += 1
     return n
 
