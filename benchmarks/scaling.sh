@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Multi-GPU scaling at real size (issue 7), through the users' own launchers, on a Qwen2.5-VL-7B
 # architecture with random weights (benchmarks/real_model.py) and 1008-px synthetic images
-# (1296 visual tokens at MIN/MAX_PIXELS below):
+# (1296 visual tokens at MIN/MAX_PIXELS below); FAMILY=llama (or gemma): that family's launchers and
+# architecture, 1120-px images (Llama: 4 tiles of 560 px), work folder /tmp/scaling-<family>:
 #   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2, ZeRO-3 and FSDP2;
 #        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
@@ -11,15 +12,16 @@
 #   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
 #   TEST_N=430: test images per dimension (96; the published test set has 1719 in all, 430 a dimension on average)
 set -uo pipefail
-N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
+FAMILY=${FAMILY:-qwen}
+N=${NUM_GPUS:-2}; W=${WORK:-/tmp/scaling$([ "$FAMILY" = qwen ] || echo "-$FAMILY")}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}
 mkdir -p "$W" "$OUT"
 if [ "$SMOKE" = 1 ]; then
   side=84; px=7056; train_n=8; test_n=8; gpus=(0); ds_configs=(none); model_args=(--tiny); STEPS=3; bs=4
 else
-  side=1008; px=$((1008 * 1008)); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
+  side=$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120); px=$((1008 * 1008)); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
-[ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "${model_args[@]}" "$W/model" || exit 1
+[ -d "$W/model" ] || $PY benchmarks/real_model.py --family "$FAMILY" "${model_args[@]}" "$W/model" || exit 1
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
 common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
         REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
@@ -32,7 +34,7 @@ sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from
   echo "=== $run"
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
     GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} "${launcher_env[@]}" \
-    bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no ${PROFILE_STEP:+--profile_step $PROFILE_STEP} \
+    bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no ${PROFILE_STEP:+--profile_step $PROFILE_STEP} \
     ${TIMELINE_STEP:+--timeline_step $TIMELINE_STEP} \
     > "$OUT/$run.log" 2>&1; echo "rc=$?"
   grep "cogip sft:" "$OUT/$run.log" | tail -n 2
@@ -48,7 +50,7 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
   echo "=== $run"
   env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images" \
     SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
-    bash evaluation/qwen/cog_test.sh --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
+    bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the

@@ -74,3 +74,11 @@ def test_scaling_smoke(tmp_path):
     assert extra["items"] == 32 and extra["loader"]["prefetch"] == 1 and extra["loader"]["pin_memory"] is False
     run_info = tmp_path / "eval_0gpu_--prefetch=1_--no-pin-memory_SEED=7" / "Aesthetics" / "run.json"
     assert json.loads(run_info.read_text())["seed"] == 7   # the environment reached the launcher
+    # FAMILY=llama: Llama's launcher and model, in a work folder of its own
+    env.update(FAMILY="llama", RUNS="sft_none_0gpu", WORK=str(tmp_path / "llama"))
+    run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "llama" / "out" / "scaling.json").read_text())
+    assert set(data) == {"sft_none_0gpu"} and data["sft_none_0gpu"]["samples_per_step"] == 4
+    assert json.loads((tmp_path / "llama" / "out" / "sft_none_0gpu.json").read_text())["family"] == "llama"
