@@ -307,3 +307,38 @@ def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_ben
     assert r["losses"] == [pytest.approx(r["ref_loss"], rel=1e-6)] * 2
     assert r["grad_names_equal"] and r["max_grad"] > 0.1
     assert r["max_grad_diff"] <= 1e-5 * r["max_grad"]
+
+
+class VisionSnapshot(ModelProbe):
+    """The trained vision parameters as the run starts, by name."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        fam = FAMILIES["qwen"]
+        self.before = {n: p.detach().float().clone() for n, p in model.named_parameters()
+                       if p.requires_grad and fam.param_group(n) == "vision" and p.ndim == 2}
+
+
+@pytest.mark.parametrize("master", [True, False])
+def test_bf16_without_deepspeed_trains_fp32_master_weights(tiny_models, synth_bench, tmp_path, monkeypatch, master):
+    """A bf16 model trained without DeepSpeed: the trained parameters become float32 master weights, so one
+    Adam step at the published vision learning rate (2e-6) moves the vision tower. Without them (master
+    False) the same step is lost in the bf16 weights. (Qwen: a random Llama's zero cross-attention gates
+    leave its vision tower without gradients.)"""
+    import cogip.train.sft as sft
+    if not master:
+        monkeypatch.setattr(sft, "fp32_master_weights", lambda model: [])
+    probe = VisionSnapshot()
+    trainer = run(_args(tiny_models["qwen"], synth_bench, tmp_path / "run", "--bf16", "True", "--max_steps", "1",
+                        "--vision_lr", "2e-6", "--lr_scheduler_type", "constant", "--save_strategy", "no"),
+                  callbacks=[probe])
+    params = dict(trainer.model.named_parameters())
+    trained = {p.dtype for p in params.values() if p.requires_grad}
+    assert trained == ({torch.float32} if master else {torch.float32, torch.bfloat16})   # LoRA is fp32 either way
+    assert {p.dtype for p in params.values() if not p.requires_grad} == {torch.bfloat16}   # the frozen base stays bf16
+    deltas = torch.cat([(params[n].detach().float() - w).flatten() for n, w in probe.before.items()])
+    moved = (deltas != 0).float().mean().item()
+    if master:   # every weight, by about the learning rate: Adam's first step is lr * sign(gradient)
+        assert moved > 0.95 and 1e-6 < deltas.abs().max().item() < 4e-6
+    else:   # only weights within a few hundred steps of zero, where bf16 resolves 2e-6
+        assert moved < 0.1

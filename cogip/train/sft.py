@@ -114,6 +114,21 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
+def fp32_master_weights(model) -> list[str]:
+    """Upcasts the trained parameters of a bf16/fp16 model to float32, in place; returns their names.
+
+    Outside DeepSpeed and FSDP (which keep float32 master copies themselves; accelerate upcasts for FSDP2)
+    Adam would update the half-precision weights directly, and at the vision tower's learning rate (2e-6)
+    every step is far below bf16's resolution: the tower would not train at all. Autocast still runs the
+    matmuls in bf16."""
+    upcast = []
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            p.data = p.data.float()
+            upcast.append(name)
+    return upcast
+
+
 class CheckpointParts(TrainerCallback):
     """Restricts gradient checkpointing to some parts once the Trainer has switched it on everywhere."""
 
@@ -231,6 +246,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
+    if dtype != torch.float32 and not targs.deepspeed and not targs.fsdp:
+        fp32_master_weights(model)   # else Adam's small vision steps vanish in bf16 weights
     from transformers.integrations import is_deepspeed_zero3_enabled
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)

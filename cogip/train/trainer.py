@@ -3,6 +3,8 @@ logits computed only where the answer is supervised."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import Trainer
 
@@ -67,11 +69,15 @@ class CogipTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.family, self.loss_fn = family, loss_fn
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
-        self._parts = torch.zeros(3)   # regular sum, numeric sum, tokens since the last log
+        self._parts = None   # regular sum, numeric sum, tokens since the last log (on the device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         as_fsdp_forward(model)   # once, under FSDP2
-        logits, targets = supervised_logits(model, inputs)
+        # accelerate autocasts model.forward, which supervised_logits bypasses: autocast here, so float32 master
+        # weights (fp32_master_weights) compute in bf16. A no-op under DeepSpeed; FSDP2 casts the weights itself.
+        autocast = contextlib.nullcontext() if self.is_fsdp_enabled else self.accelerator.autocast()
+        with autocast:
+            logits, targets = supervised_logits(model, inputs)
         self.loss_fn.to(logits.device)
         total, regular, numeric = self.loss_fn(logits, targets)
         if num_items_in_batch is not None:
@@ -79,15 +85,19 @@ class CogipTrainer(Trainer):
             # all ranks) and scales back by the rank count itself: normalising by it makes the step's
             # loss exactly (Σ regular + λ Σ numeric) / N over the global batch.
             total = (regular + self.loss_fn.lam * numeric if self.loss_fn.soft else regular) / num_items_in_batch
-        self._parts += torch.stack([regular.detach().float().cpu(), numeric.detach().float().cpu(),
-                                    torch.tensor(float(targets.numel()))])
+        # kept on the device: reading them here would stall the host between forward and backward
+        parts = torch.stack([regular.detach().float(), numeric.detach().float(),
+                             torch.tensor(float(targets.numel()), device=regular.device)])
+        self._parts = parts if self._parts is None else self._parts + parts
         return (total, {"logits": logits}) if return_outputs else total
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._parts[2] > 0:   # per-token means since the last log
-            logs["loss_regular"] = round(float(self._parts[0] / self._parts[2]), 5)
-            logs["loss_numeric"] = round(float(self._parts[1] / self._parts[2]), 5)
-            self._parts.zero_()
+        if "loss" in logs and self._parts is not None:   # per-token means since the last log
+            regular, numeric, tokens = self._parts.tolist()
+            if tokens > 0:
+                logs["loss_regular"] = round(regular / tokens, 5)
+                logs["loss_numeric"] = round(numeric / tokens, 5)
+            self._parts = None
         super().log(logs, *args, **kwargs)
 
     def create_optimizer(self):
