@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU: sft/llama/finetune_lora.sh with GRAPH_PARTS=language (the language blocks replayed as CUDA graphs,
-# under the launcher's ZeRO-2) against GRAPH_PARTS=none, LoRA dropout off (compiled code draws its own masks).
+# with the launcher's one-GPU defaults, or DS_CONFIG=sft/deepspeed/zero2.json) against GRAPH_PARTS=none, LoRA
+# dropout off (compiled code draws its own masks).
 # Checked: the first step's loss and gradient norm (the same weights; bf16 tolerance). Printed: every step's
 # loss (Adam's first steps move each weight by about the learning rate times the sign of its gradient, so
 # bf16 noise in near-zero gradients makes later losses differ at real size) and each run's samples/s.

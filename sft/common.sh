@@ -4,7 +4,7 @@
 #
 #   MODEL_ID DATA_PATH IMAGE_FOLDER OUTPUT_DIR  model, data, images, output
 #   NUM_GPUS (auto)  GLOBAL_BATCH (128)  PER_DEVICE_BATCH (4)  -> accumulation computed
-#   DS_CONFIG (sft/deepspeed/zero2.json on GPUs; "" for none)  LAUNCHER (deepspeed|torchrun|python)
+#   DS_CONFIG (sft/deepspeed/zero2.json on several GPUs, none on one; "" for none)  LAUNCHER (deepspeed|torchrun|python)
 #   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
@@ -28,7 +28,10 @@ if [ -n "$FSDP_CONFIG" ]; then   # one sharding engine per run
   DS_CONFIG=""
 fi
 if (( NUM_GPUS > 0 )); then
-  DS_CONFIG=${DS_CONFIG-$SFT_DIR/deepspeed/zero2.json}
+  # One GPU: no DeepSpeed. ZeRO shards nothing there, and its per-parameter work cost a real-size Llama
+  # step 20-25% (docs/benchmarks.md, eleventh round); the trainer keeps fp32 master weights itself.
+  (( NUM_GPUS > 1 )) && zero2=$SFT_DIR/deepspeed/zero2.json || zero2=""
+  DS_CONFIG=${DS_CONFIG-$zero2}
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"

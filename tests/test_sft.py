@@ -178,15 +178,19 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
                   str(ROOT / "sft" / "fsdp" / "fsdp2.json")))
 
 
-@pytest.mark.parametrize("env,expected", [({}, "none"), ({"GRAPH_PARTS": "language"}, "language")])
-def test_gpu_launcher_passes_graph_parts(tmp_path, env, expected):
+@pytest.mark.parametrize("gpus,env,expected", [(1, {}, "none"), (1, {"GRAPH_PARTS": "language"}, "language"),
+                                               (2, {}, "none")])
+def test_gpu_launcher_defaults(tmp_path, gpus, env, expected):
     # the GPU branch of sft/common.sh, its command printed instead of run
     run = subprocess.run(["bash", ROOT / "sft" / "llama" / "finetune_lora.sh"], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHON="echo", NUM_GPUS="1", LAUNCHER="python",
+                         env=dict(os.environ, PYTHON="echo", NUM_GPUS=str(gpus), LAUNCHER="python",
                                   OUTPUT_DIR=str(tmp_path), **env))
     assert run.returncode == 0, run.stderr
     args = run.stdout.split()
-    assert args[args.index("--graph_parts") + 1] == expected and "--deepspeed" in args
+    assert args[args.index("--graph_parts") + 1] == expected
+    # DeepSpeed ZeRO-2 only where there is something to shard
+    deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
+    assert deepspeed == (str(ROOT / "sft" / "deepspeed" / "zero2.json") if gpus > 1 else None)
 
 
 class ModelProbe(TrainerCallback):
