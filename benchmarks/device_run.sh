@@ -52,9 +52,11 @@ run_section() {
 watchdog=$!
 if [ -n "${LANES:-}" ]; then
   lanes=()
+  port=29500
   for lane in $LANES; do
-    gpus=${lane%%=*}; secs=${lane#*=}
-    ( export CUDA_VISIBLE_DEVICES=$gpus; for s in ${secs//,/ }; do run_section "$s"; done ) > "$RES/lane_${gpus//,/-}.log" 2>&1 &
+    gpus=${lane%%=*}; secs=${lane#*=}; port=$((port + 10))   # each lane's launchers rendezvous on a port of its own
+    ( export CUDA_VISIBLE_DEVICES=$gpus MASTER_PORT=$port; for s in ${secs//,/ }; do run_section "$s"; done ) \
+      > "$RES/lane_${gpus//,/-}.log" 2>&1 &
     lanes+=($!)
   done
   wait "${lanes[@]}"

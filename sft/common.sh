@@ -4,7 +4,8 @@
 #
 #   MODEL_ID DATA_PATH IMAGE_FOLDER OUTPUT_DIR  model, data, images, output
 #   NUM_GPUS (auto)  GLOBAL_BATCH (128)  PER_DEVICE_BATCH (4)  -> accumulation computed
-#   DS_CONFIG (sft/deepspeed/zero2.json on several GPUs, none on one; "" for none)  LAUNCHER (deepspeed|torchrun|python)
+#   DS_CONFIG (sft/deepspeed/zero2.json on GPUs, on one GPU the family's DEFAULT_ONE_GPU_DS; "" for none)
+#   LAUNCHER (deepspeed|torchrun|python)  MASTER_PORT (29500; another for a second run on the same host)
 #   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays)
@@ -28,10 +29,10 @@ if [ -n "$FSDP_CONFIG" ]; then   # one sharding engine per run
   DS_CONFIG=""
 fi
 if (( NUM_GPUS > 0 )); then
-  # One GPU: no DeepSpeed. ZeRO shards nothing there, and its per-parameter work cost a real-size Llama
-  # step 20-25% (docs/benchmarks.md, eleventh round); the trainer keeps fp32 master weights itself.
-  (( NUM_GPUS > 1 )) && zero2=$SFT_DIR/deepspeed/zero2.json || zero2=""
-  DS_CONFIG=${DS_CONFIG-$zero2}
+  # ZeRO-2 on several GPUs; on one, the family's measured choice (DEFAULT_ONE_GPU_DS, e.g. none for Llama)
+  if (( NUM_GPUS > 1 )); then ds_default=$SFT_DIR/deepspeed/zero2.json
+  else ds_default=${DEFAULT_ONE_GPU_DS-$SFT_DIR/deepspeed/zero2.json}; fi
+  DS_CONFIG=${DS_CONFIG-$ds_default}
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"
@@ -65,8 +66,9 @@ args=(
 LAUNCHER=${LAUNCHER:-$( { (( NUM_GPUS > 1 )) || { [ -n "$FSDP_CONFIG" ] && (( NUM_GPUS > 0 )); }; } && { [ -n "$DS_CONFIG" ] && echo deepspeed || echo torchrun; } || echo python)}
 echo "cogip sft: family=$FAMILY gpus=$NUM_GPUS per_device=$PER_DEVICE_BATCH accumulation=$GRAD_ACCUM launcher=$LAUNCHER" >&2
 case "$LAUNCHER" in
-  deepspeed) exec deepspeed --num_gpus "$NUM_GPUS" --module cogip.train.sft "${args[@]}" ;;
-  torchrun)  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" -m cogip.train.sft "${args[@]}" ;;
+  deepspeed) exec deepspeed --num_gpus "$NUM_GPUS" --master_port "${MASTER_PORT:-29500}" --module cogip.train.sft "${args[@]}" ;;
+  torchrun)  exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NUM_GPUS" --master_port "${MASTER_PORT:-29500}" \
+               -m cogip.train.sft "${args[@]}" ;;
   python)    exec "$PYTHON" -m cogip.train.sft "${args[@]}" ;;
   *) echo "cogip sft: unknown LAUNCHER=$LAUNCHER" >&2; exit 2 ;;
 esac
