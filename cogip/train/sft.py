@@ -114,19 +114,16 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
-def fp32_master_weights(model) -> list[str]:
-    """Upcasts the trained parameters of a bf16/fp16 model to float32, in place; returns their names.
+def fp32_master_weights(model) -> None:
+    """Upcasts the trained parameters of a bf16/fp16 model to float32, in place.
 
     Outside DeepSpeed and FSDP (which keep float32 master copies themselves; accelerate upcasts for FSDP2)
     Adam would update the half-precision weights directly, and at the vision tower's learning rate (2e-6)
     every step is far below bf16's resolution: the tower would not train at all. Autocast still runs the
     matmuls in bf16."""
-    upcast = []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
             p.data = p.data.float()
-            upcast.append(name)
-    return upcast
 
 
 class CheckpointParts(TrainerCallback):

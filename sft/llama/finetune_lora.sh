@@ -9,8 +9,9 @@ DEFAULT_SOFT_ETA=0.08
 # Recompute only the vision encoder (transformers never checkpoints it): 18 GiB of activations instead
 # of 44 at 4 tiles x batch 4, and no slower (docs/benchmarks.md).
 DEFAULT_CHECKPOINT_PARTS=vision
-# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 7% faster through
-# this launcher at real size, not the default (docs/benchmarks.md, tenth round).
+# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 2.88 -> 3.98 samples/s
+# through this launcher at real size on one H200; not the default while its losses past the first update
+# are not shown to agree (docs/benchmarks.md, eleventh round).
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
