@@ -186,9 +186,10 @@ def main():
                             "activations_gib": (torch.cuda.max_memory_allocated() - static) / 2 ** 30 if cuda else None,
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
         print(variant, json.dumps(results[variant]), flush=True)
+        tag = f"{a.family}_{variant.replace(':', '_').replace('=', '-')}"   # in output file names
         if variant in a.diagnose:
             try:
-                (out / f"diagnose_{a.family}_{variant.replace(':', '_').replace('=', '-')}.json").write_text(
+                (out / f"diagnose_{tag}.json").write_text(
                     json.dumps(diagnose(model, fam, step, cuda), indent=1))
             except Exception as e:   # e.g. hooks inside compiled blocks: the variant's timing above still stands
                 results[variant]["diagnose_error"] = f"{type(e).__name__}: {e}"
@@ -196,7 +197,7 @@ def main():
             stop = start_profile()
             step()
             text = stop()
-            (out / f"profile_{a.family}_{variant.replace(':', '_').replace('=', '-')}.txt").write_text(text)
+            (out / f"profile_{tag}.txt").write_text(text)
             print(text, flush=True)
 
     for variant in a.variants:

@@ -276,18 +276,19 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # thread is free, so a batch taken later than that means the loader was behind
     arrived = []
 
+    def mark(log: list, chunk) -> None:   # (seconds since the start, items so far) for timing.json
+        log.append((round(time.perf_counter() - started, 3), len(chunk) + (log[-1][1] if log else 0)))
+
     def jobs():
         for chunk, batch in prepared:
-            arrived.append((round(time.perf_counter() - started, 3), len(chunk) + (arrived[-1][1] if arrived else 0)))
+            mark(arrived, chunk)
             yield chunk, batch, [get_dimension(name) for name, _ in chunk], mode
 
-    first_answers, answered = None, []   # answered: (seconds, items done) after each batch, for timing.json
+    answered = []   # (seconds, items done) after each batch, for timing.json
     with GCPauses() as gc_pauses:   # a full collection stalls every batch in flight: timing.json says how long
         try:
             for chunk, answers in scorer.answer_stream(jobs(), depth=pipeline):
-                now = time.perf_counter() - started
-                first_answers = first_answers or now
-                answered.append((round(now, 3), len(chunk) + (answered[-1][1] if answered else 0)))
+                mark(answered, chunk)
                 passed_check()
                 by_dimension = {}
                 for (name, i), a in zip(chunk, answers):
@@ -312,7 +313,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
            "ranks_ready_s": round(ranks_ready, 3) if accelerator else None,
            "workers_started_s": round(workers_started, 3),
            "first_batch_s": arrived[0][0] if arrived else None,
-           "first_answers_s": round(first_answers, 3) if first_answers else None, "arrived": arrived,
+           "first_answers_s": answered[0][0] if answered else None, "arrived": arrived,
            "answered": answered}
     if accelerator:
         if not is_main:

@@ -243,14 +243,14 @@ class Scorer:
     def _score_columns(self, dims: list[Dimension]) -> tuple[torch.Tensor, dict[int, slice], dict[int, int]]:
         """Vocabulary ids whose log-probabilities expected mode reads: the number tokens (class k at
         spans[k], in value order) and the label tokens of the batch's dimensions (token id -> column at[id])."""
-        key = tuple(sorted({d.name for d in dims}))
+        unique = {d.name: d for d in dims}
+        key = tuple(sorted(unique))
         if key not in self._columns:
             ids, spans = [], {}
             for k, cls in sorted(self.numbers.classes.items()):
                 spans[k] = slice(len(ids), len(ids) + len(cls))
                 ids += cls.tolist()
-            labels = sorted({t for d in {d.name: d for d in dims}.values() for _, lids in self._label_trie(d)
-                             for t in lids})
+            labels = sorted({t for d in unique.values() for _, lids in self._label_trie(d) for t in lids})
             at = {t: len(ids) + j for j, t in enumerate(labels)}
             self._columns[key] = (torch.tensor(ids + labels), spans, at)
         return self._columns[key]

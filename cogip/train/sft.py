@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..errors import CogipError, exit_code
@@ -224,7 +225,6 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         if both:
             raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
                              f"checkpoint other parts (--checkpoint_parts) or graph fewer")
-        from transformers.integrations import is_deepspeed_zero3_enabled
         if targs.fsdp or is_deepspeed_zero3_enabled():
             raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
                              "use ZeRO-2 or no sharding")
@@ -245,7 +245,6 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
     if dtype != torch.float32 and not targs.deepspeed and not targs.fsdp:
         fp32_master_weights(model)   # else Adam's small vision steps vanish in bf16 weights
-    from transformers.integrations import is_deepspeed_zero3_enabled
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole

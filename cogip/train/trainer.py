@@ -69,7 +69,7 @@ class CogipTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.family, self.loss_fn = family, loss_fn
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
-        self._parts = None   # regular sum, numeric sum, tokens since the last log (on the device)
+        self._parts, self._tokens = None, 0   # (regular, numeric) sums on the device, tokens, since the last log
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         as_fsdp_forward(model)   # once, under FSDP2
@@ -86,18 +86,17 @@ class CogipTrainer(Trainer):
             # loss exactly (Σ regular + λ Σ numeric) / N over the global batch.
             total = (regular + self.loss_fn.lam * numeric if self.loss_fn.soft else regular) / num_items_in_batch
         # kept on the device: reading them here would stall the host between forward and backward
-        parts = torch.stack([regular.detach().float(), numeric.detach().float(),
-                             torch.tensor(float(targets.numel()), device=regular.device)])
+        parts = torch.stack([regular.detach().float(), numeric.detach().float()])
         self._parts = parts if self._parts is None else self._parts + parts
+        self._tokens += targets.numel()
         return (total, {"logits": logits}) if return_outputs else total
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._parts is not None:   # per-token means since the last log
-            regular, numeric, tokens = self._parts.tolist()
-            if tokens > 0:
-                logs["loss_regular"] = round(regular / tokens, 5)
-                logs["loss_numeric"] = round(numeric / tokens, 5)
-            self._parts = None
+        if "loss" in logs and self._tokens:   # per-token means since the last log
+            regular, numeric = self._parts.tolist()
+            logs["loss_regular"] = round(regular / self._tokens, 5)
+            logs["loss_numeric"] = round(numeric / self._tokens, 5)
+            self._parts, self._tokens = None, 0
         super().log(logs, *args, **kwargs)
 
     def create_optimizer(self):
