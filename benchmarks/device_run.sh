@@ -3,6 +3,7 @@
 #   SECTIONS="loss eval multigpu" bash benchmarks/device_run.sh
 #   LANES="0=gemma 1=llama,evalvar 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
 #   LANES="0=gemma 1=scaling_prep" AFTER=scaling ...                           # then sections on all GPUs
+#   LANES="0=scaling:qwen 1=scaling:gemma" RUNS=...                             # scaling.sh of a family per lane
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RES=${RES:-/tmp/res}; mkdir -p "$RES"   # everything is written here; $OUT gets results.tgz of its logs and JSON
@@ -32,7 +33,8 @@ evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-4
 scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
 scaling() {
   local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)
-  OUT=$RES/scaling NUM_GPUS=$n bash benchmarks/scaling.sh
+  local fam=${FAMILY:-qwen}
+  OUT=$RES/scaling$([ "$fam" = qwen ] || echo "_$fam") FAMILY=$fam NUM_GPUS=$n bash benchmarks/scaling.sh
 }
 train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$RES/"; }
 
@@ -44,6 +46,7 @@ run_section() {
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
     gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs) section "$1" "$1" ;;
+    scaling:*) FAMILY=${1#scaling:} section "scaling_${1#scaling:}" scaling ;;   # e.g. LANES="0=scaling:qwen 1=scaling:gemma"
   esac
 }
 # a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time

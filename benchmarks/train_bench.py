@@ -5,8 +5,8 @@ checkpointing. Variants:
   ours-loss  answer-only logits + this project's soft-label loss, per-window vision attention
   ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
 Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
-`ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision;
-without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
+`ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision,
+or `ckpt=vision=24`: only the first 24 vision blocks; without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
 `torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `graphs=language`: the

@@ -56,11 +56,14 @@ def test_parts_recompute_where_asked_and_keep_gradients(tiny_models, family, mon
     monkeypatch.setattr(checkpointing, "checkpoint", counting)
     _, reference = _grads(tiny_models[family], fam, None, calls, tmp_path)
     assert not calls
-    for parts in ("all", "language", "vision", "none"):
+    totals = None
+    for parts in ("all", "language", "vision", "none", "vision=1", "language=1,vision=0"):
         counts, grads = _grads(tiny_models[family], fam, parts, calls, tmp_path)
-        wanted = checkpointing.parse_parts(parts)
-        assert {p for p, n in counts.items() if n} == wanted, (parts, counts)
-        assert (len(calls) > 0) == bool(wanted)
+        totals = totals or counts   # "all" first: every block of each part
+        wanted = checkpointing.parse_part_blocks(parts)
+        expected = {p: totals[p] if p in wanted and wanted[p] is None else wanted.get(p, 0) for p in totals}
+        assert counts == expected, (parts, counts)
+        assert len(calls) == sum(expected.values()), (parts, calls)   # one recomputation per checkpointed block
         assert grads.keys() == reference.keys()
         for name in reference:
             torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
@@ -74,6 +77,12 @@ def test_mllama_vision_blocks_are_wrapped(tiny_models):
     blocks = [m for m in model.modules() if type(m).__name__ == "MllamaVisionEncoderLayer"]
     assert counts == {"language": 0, "vision": len(blocks)} and blocks
     assert all(m._cogip_checkpoint for m in blocks)
+    # part=N: the first N blocks in forward order recompute, the later ones keep their activations
+    counts = checkpointing.set_checkpointing(model, fam, f"vision={len(blocks) - 1}")
+    assert counts["vision"] == len(blocks) - 1
+    assert [m._cogip_checkpoint for m in blocks] == [True] * (len(blocks) - 1) + [False]
+    with pytest.raises(CogipError, match=f"vision={len(blocks) + 1}, but the model has {len(blocks)} vision blocks"):
+        checkpointing.set_checkpointing(model, fam, f"vision={len(blocks) + 1}")
 
 
 def test_bad_parts_and_missing_enable():
@@ -81,6 +90,11 @@ def test_bad_parts_and_missing_enable():
     assert checkpointing.parse_parts("none") == set() and checkpointing.parse_parts("all") == {"language", "vision"}
     with pytest.raises(CogipError, match="projector"):
         checkpointing.parse_parts("projector")
+    assert checkpointing.parse_part_blocks("language, vision=24") == {"language": None, "vision": 24}
+    assert checkpointing.parse_part_blocks("all") == {"language": None, "vision": None}
+    for bad, says in (("vision=x", "vision=N"), ("vision=-1", "vision=N"), ("all=3", "goes with a part name")):
+        with pytest.raises(CogipError, match=says):
+            checkpointing.parse_part_blocks(bad)
 
 
 def test_enable_first(tiny_models):

@@ -70,6 +70,24 @@ def parse_parts(spec: str | Iterable[str], what: str = "checkpointing parts") ->
     return set(items)
 
 
+def parse_part_blocks(spec: str | Iterable[str]) -> dict[str, int | None]:
+    """Checkpointing parts as `parse_parts`, each optionally with how many of its blocks to recompute:
+    'vision=24' recomputes the first 24 vision blocks and keeps the later ones' activations (None: all)."""
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    named = dict(s.split("=", 1) if "=" in s else (s, None) for s in items)
+    counted = [k for k, n in named.items() if n is not None and k not in PARTS]
+    if counted:
+        raise CogipError(f"checkpointing parts: a block count goes with a part name ({', '.join(PARTS)}); "
+                         f"got {counted[0]}={named[counted[0]]}")
+    blocks = {}
+    for part in parse_parts(list(named), "checkpointing parts"):
+        n = named.get(part)
+        if n is not None and not n.strip().isdigit():
+            raise CogipError(f"checkpointing parts take a block count as {part}=N (N >= 0); got {part}={n}")
+        blocks[part] = None if n is None else int(n)
+    return blocks
+
+
 def repeated_blocks(model, family: Family):
     """(name, block, part) for every repeated transformer block, PEFT's unused originals left out."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -191,19 +209,31 @@ def _wrap(module: torch.nn.Module, kwargs: dict) -> None:
 
 def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs: dict | None = None,
                       keep: str | Iterable[str] = "none") -> dict[str, int]:
-    """Checkpoint the repeated blocks of `parts` only, each keeping the outputs of `keep` (see
-    KEEPABLE) from its forward; returns {part: blocks checkpointed}.
+    """Checkpoint the repeated blocks of `parts` only (all of a part's blocks, or its first N for
+    'part=N', see `parse_part_blocks`), each keeping the outputs of `keep` (see KEEPABLE) from its
+    forward; returns {part: blocks checkpointed}.
+
+    Recomputing the first N and keeping the last blocks' activations: the peak at the end of the forward
+    is the same whichever blocks are kept, but the backward frees the last blocks' activations first,
+    before any recomputation, so kept blocks never sit beside a recomputed one.
 
     Call after `gradient_checkpointing_enable` (which the Trainer calls at the start of `train`) and
     after PEFT wrapping (so trained copies of the vision tower are the ones wrapped)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
-    wanted = parse_parts(parts)
+    wanted = parse_part_blocks(parts)
     kwargs = dict(kwargs or {})
     kwargs.pop("use_reentrant", None)   # blocks wrapped here recompute non-reentrant (as selective checkpointing needs)
     context_fn = keep_context(keep)
+    blocks = list(repeated_blocks(model, family))
+    for part, n in wanted.items():
+        have = sum(p == part for _, _, p in blocks)
+        if n is not None and n > have:
+            raise CogipError(f"checkpointing parts: {part}={n}, but the model has {have} {part} blocks")
     counts = {p: 0 for p in PARTS}
-    for _, block, part in repeated_blocks(model, family):
-        on = part in wanted
+    seen = {p: 0 for p in PARTS}
+    for _, block, part in blocks:
+        on = part in wanted and (wanted[part] is None or seen[part] < wanted[part])
+        seen[part] += 1
         if isinstance(block, GradientCheckpointingLayer):
             if on and not hasattr(block, "_gradient_checkpointing_func"):
                 raise CogipError("enable gradient checkpointing on the model before choosing its parts")

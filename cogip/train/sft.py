@@ -24,8 +24,8 @@ from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, fsdp_wrap_blocks, graph_blocks, parse_keep, parse_parts,
-                             repeated_blocks, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks)
+from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, fsdp_wrap_blocks, graph_blocks, parse_keep,
+                             parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -48,7 +48,8 @@ class ModelArguments:
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels upper bound"})
     checkpoint_parts: str = field(default="all", metadata={
         "help": "with --activation_checkpointing: all | none | language | vision (where recomputation is worth the "
-                "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints)"})
+                "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints); "
+                "part=N recomputes only that part's first N blocks, e.g. vision=24 (the rest keep their activations)"})
     checkpoint_keep: str = field(default="none", metadata={
         "help": "what a checkpointed block keeps from its forward instead of recomputing: none | attention (the "
                 "attention kernels' outputs: no attention recomputation, one hidden state more per block)"})
@@ -217,11 +218,11 @@ def _begin_timeline(family: Family, model):
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
-    parse_parts(margs.checkpoint_parts)   # a bad value fails here, before the model loads
+    parse_part_blocks(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     parse_keep(margs.checkpoint_keep)
     graphed = parse_parts(margs.graph_parts, "graph parts")
     if graphed:   # a graph replays fixed parameter addresses and one forward: no recomputation, no gathering
-        both = sorted(graphed & parse_parts(margs.checkpoint_parts)) if targs.activation_checkpointing else []
+        both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
         if both:
             raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
                              f"checkpoint other parts (--checkpoint_parts) or graph fewer")
