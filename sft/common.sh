@@ -9,7 +9,8 @@
 #   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays; e.g.
-#                          vision=24: only the first 24 vision blocks, the rest keep their activations)
+#                          vision=24: only the first 24 vision blocks, the rest keep their activations;
+#                          vision=9+31: the first 9 whole, the next 31 only their MLP)
 #             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
 #             GRAPH_PARTS (none; language | vision | all: those blocks compiled and replayed as CUDA graphs, e.g.
 #                          language for Llama; not with their checkpointing, ZeRO-3 or FSDP)

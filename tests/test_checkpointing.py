@@ -57,11 +57,11 @@ def test_parts_recompute_where_asked_and_keep_gradients(tiny_models, family, mon
     _, reference = _grads(tiny_models[family], fam, None, calls, tmp_path)
     assert not calls
     totals = None
-    for parts in ("all", "language", "vision", "none", "vision=1", "language=1,vision=0"):
+    for parts in ("all", "language", "vision", "none", "vision=1", "language=1,vision=0", "vision=1+1", "language=0+2"):
         counts, grads = _grads(tiny_models[family], fam, parts, calls, tmp_path)
         totals = totals or counts   # "all" first: every block of each part
         wanted = checkpointing.parse_part_blocks(parts)
-        expected = {p: totals[p] if p in wanted and wanted[p] is None else wanted.get(p, 0) for p in totals}
+        expected = {p: totals[p] if p in wanted and wanted[p] is None else sum(wanted.get(p, (0, 0))) for p in totals}
         assert counts == expected, (parts, counts)
         assert len(calls) == sum(expected.values()), (parts, calls)   # one recomputation per checkpointed block
         assert grads.keys() == reference.keys()
@@ -81,8 +81,38 @@ def test_mllama_vision_blocks_are_wrapped(tiny_models):
     counts = checkpointing.set_checkpointing(model, fam, f"vision={len(blocks) - 1}")
     assert counts["vision"] == len(blocks) - 1
     assert [m._cogip_checkpoint for m in blocks] == [True] * (len(blocks) - 1) + [False]
-    with pytest.raises(CogipError, match=f"vision={len(blocks) + 1}, but the model has {len(blocks)} vision blocks"):
-        checkpointing.set_checkpointing(model, fam, f"vision={len(blocks) + 1}")
+    with pytest.raises(CogipError, match=f"asks for {len(blocks) + 1} blocks, but the model has {len(blocks)} vision"):
+        checkpointing.set_checkpointing(model, fam, f"vision={len(blocks)}+1")
+
+
+def test_mlp_only_blocks_recompute_the_up_projection_alone(tiny_models, tmp_path):
+    """vision=1+1 on Mllama's vision layers: the first recomputes whole, the second only its MLP's up
+    projection (its attention runs once), the third keeps everything."""
+    fam = FAMILIES["llama"]
+    torch.manual_seed(0)
+    model = fam.load_model(tiny_models["llama"], dtype=torch.float32)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny_models["llama"]), lora_dropout=0.0))
+    assert checkpointing.set_checkpointing(model, fam, "vision=1+1") == {"language": 0, "vision": 2}
+    blocks = [b for _, b, part in checkpointing.repeated_blocks(model, fam) if part == "vision"]   # PEFT's trained copies
+    assert len(blocks) == 3
+    runs = {}
+    for i, block in enumerate(blocks):
+        for name in ("self_attn", "mlp.fc1", "mlp.fc2"):
+            block.get_submodule(name).register_forward_hook(
+                lambda *_, key=(i, name): runs.__setitem__(key, runs.get(key, 0) + 1))
+    model.train()
+    logits, targets = supervised_logits(model, _batch(fam, fam.load_processor(tiny_models["llama"]), tmp_path))
+    torch.nn.functional.cross_entropy(logits, targets).backward()
+    # (a recomputation stops once the last saved input is rebuilt: no block reruns its down projection)
+    assert runs == {(0, "self_attn"): 2, (0, "mlp.fc1"): 2, (0, "mlp.fc2"): 1,
+                    (1, "self_attn"): 1, (1, "mlp.fc1"): 2, (1, "mlp.fc2"): 1,
+                    (2, "self_attn"): 1, (2, "mlp.fc1"): 1, (2, "mlp.fc2"): 1}
+    # switching back to whole blocks turns the MLP's own recomputation off
+    checkpointing.set_checkpointing(model, fam, "vision")
+    assert [getattr(b.mlp, "_cogip_checkpoint", False) for b in blocks] == [False, False, False]
+    assert all(b._cogip_checkpoint for b in blocks)
 
 
 def test_bad_parts_and_missing_enable():
@@ -90,9 +120,11 @@ def test_bad_parts_and_missing_enable():
     assert checkpointing.parse_parts("none") == set() and checkpointing.parse_parts("all") == {"language", "vision"}
     with pytest.raises(CogipError, match="projector"):
         checkpointing.parse_parts("projector")
-    assert checkpointing.parse_part_blocks("language, vision=24") == {"language": None, "vision": 24}
+    assert checkpointing.parse_part_blocks("language, vision=24") == {"language": None, "vision": (24, 0)}
+    assert checkpointing.parse_part_blocks("vision=9+31") == {"vision": (9, 31)}
     assert checkpointing.parse_part_blocks("all") == {"language": None, "vision": None}
-    for bad, says in (("vision=x", "vision=N"), ("vision=-1", "vision=N"), ("all=3", "goes with a part name")):
+    for bad, says in (("vision=x", "vision=N"), ("vision=-1", "vision=N"), ("vision=1+", "vision=N\\+M"),
+                      ("all=3", "goes with a part name")):
         with pytest.raises(CogipError, match=says):
             checkpointing.parse_part_blocks(bad)
 

@@ -70,9 +70,11 @@ def parse_parts(spec: str | Iterable[str], what: str = "checkpointing parts") ->
     return set(items)
 
 
-def parse_part_blocks(spec: str | Iterable[str]) -> dict[str, int | None]:
-    """Checkpointing parts as `parse_parts`, each optionally with how many of its blocks to recompute:
-    'vision=24' recomputes the first 24 vision blocks and keeps the later ones' activations (None: all)."""
+def parse_part_blocks(spec: str | Iterable[str]) -> dict[str, tuple[int, int] | None]:
+    """Checkpointing parts as `parse_parts`, each optionally with how much of its blocks to recompute, in
+    forward order: 'vision=24' recomputes the first 24 vision blocks whole and keeps the later ones'
+    activations; 'vision=9+31' recomputes the first 9 whole and of the next 31 only their MLP (the rest
+    kept). Returns {part: (whole, mlp_only)}, or None for every block whole."""
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     named = dict(s.split("=", 1) if "=" in s else (s, None) for s in items)
     counted = [k for k, n in named.items() if n is not None and k not in PARTS]
@@ -82,9 +84,11 @@ def parse_part_blocks(spec: str | Iterable[str]) -> dict[str, int | None]:
     blocks = {}
     for part in parse_parts(list(named), "checkpointing parts"):
         n = named.get(part)
-        if n is not None and not n.strip().isdigit():
-            raise CogipError(f"checkpointing parts take a block count as {part}=N (N >= 0); got {part}={n}")
-        blocks[part] = None if n is None else int(n)
+        counts = None if n is None else [c.strip() for c in (n.split("+", 1) if "+" in n else (n, "0"))]
+        if counts is not None and not all(c.isdigit() for c in counts):
+            raise CogipError(f"checkpointing parts take block counts as {part}=N or {part}=N+M (whole blocks, then "
+                             f"blocks whose MLP alone recomputes); got {part}={n}")
+        blocks[part] = None if counts is None else (int(counts[0]), int(counts[1]))
     return blocks
 
 
@@ -207,15 +211,26 @@ def _wrap(module: torch.nn.Module, kwargs: dict) -> None:
     module.forward = checkpointed
 
 
+def _block_mlp(block: torch.nn.Module) -> torch.nn.Module:
+    mlp = getattr(block, "mlp", None)
+    if not isinstance(mlp, torch.nn.Module):
+        raise CogipError(f"{type(block).__name__} has no mlp to recompute alone; checkpoint its blocks whole")
+    return mlp
+
+
 def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs: dict | None = None,
                       keep: str | Iterable[str] = "none") -> dict[str, int]:
-    """Checkpoint the repeated blocks of `parts` only (all of a part's blocks, or its first N for
-    'part=N', see `parse_part_blocks`), each keeping the outputs of `keep` (see KEEPABLE) from its
-    forward; returns {part: blocks checkpointed}.
+    """Checkpoint the repeated blocks of `parts` only (all of a part's blocks, or as 'part=N[+M]' says,
+    see `parse_part_blocks`), whole blocks keeping the outputs of `keep` (see KEEPABLE) from their
+    forward; returns {part: blocks with any recomputation}.
 
-    Recomputing the first N and keeping the last blocks' activations: the peak at the end of the forward
-    is the same whichever blocks are kept, but the backward frees the last blocks' activations first,
-    before any recomputation, so kept blocks never sit beside a recomputed one.
+    Along a part's blocks in forward order: first those recomputed whole, then those whose MLP alone
+    recomputes, then those that keep everything. The backward frees the last blocks' activations first,
+    so the blocks that keep most are freed before any recomputation. An MLP-only block keeps its
+    attention's activations and drops the MLP's widest (its up projection and activation): for a
+    Mllama vision layer about half the memory of keeping the block, while its recomputation, the up
+    projection and activation alone (the recomputation stops before the down projection), is a small
+    part of the block's forward.
 
     Call after `gradient_checkpointing_enable` (which the Trainer calls at the start of `train`) and
     after PEFT wrapping (so trained copies of the vision tower are the ones wrapped)."""
@@ -227,15 +242,17 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
     blocks = list(repeated_blocks(model, family))
     for part, n in wanted.items():
         have = sum(p == part for _, _, p in blocks)
-        if n is not None and n > have:
-            raise CogipError(f"checkpointing parts: {part}={n}, but the model has {have} {part} blocks")
+        if n is not None and sum(n) > have:
+            raise CogipError(f"checkpointing parts: {part}={n[0]}+{n[1]} asks for {sum(n)} blocks, "
+                             f"but the model has {have} {part} blocks")
     counts = {p: 0 for p in PARTS}
     seen = {p: 0 for p in PARTS}
     for _, block, part in blocks:
-        on = part in wanted and (wanted[part] is None or seen[part] < wanted[part])
-        seen[part] += 1
+        whole, mlp_only = (10 ** 9, 0) if wanted.get(part, ()) is None else wanted.get(part, (0, 0))
+        i, seen[part] = seen[part], seen[part] + 1
+        on, mlp_on = i < whole, whole <= i < whole + mlp_only
         if isinstance(block, GradientCheckpointingLayer):
-            if on and not hasattr(block, "_gradient_checkpointing_func"):
+            if (on or mlp_on) and not hasattr(block, "_gradient_checkpointing_func"):
                 raise CogipError("enable gradient checkpointing on the model before choosing its parts")
             block.gradient_checkpointing = on
             if on:   # transformers' own function (offloading included), with the kept ops on top
@@ -246,5 +263,10 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
             _wrap(block, kwargs)
             block._cogip_checkpoint = on
             block._cogip_context_fn = context_fn
-        counts[part] += on
+        if mlp_on or getattr(block, "mlp", None) is not None and hasattr(block.mlp, "_cogip_forward"):
+            mlp = _block_mlp(block)
+            _wrap(mlp, kwargs)
+            mlp._cogip_checkpoint = mlp_on
+            mlp._cogip_context_fn = None
+        counts[part] += on or mlp_on
     return counts

@@ -49,7 +49,8 @@ class ModelArguments:
     checkpoint_parts: str = field(default="all", metadata={
         "help": "with --activation_checkpointing: all | none | language | vision (where recomputation is worth the "
                 "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints); "
-                "part=N recomputes only that part's first N blocks, e.g. vision=24 (the rest keep their activations)"})
+                "part=N recomputes only that part's first N blocks, e.g. vision=24 (the rest keep their activations); "
+                "part=N+M then recomputes only the MLP of the next M blocks, e.g. vision=9+31"})
     checkpoint_keep: str = field(default="none", metadata={
         "help": "what a checkpointed block keeps from its forward instead of recomputing: none | attention (the "
                 "attention kernels' outputs: no attention recomputation, one hidden state more per block)"})
