@@ -3,7 +3,7 @@
 #   SECTIONS="loss eval multigpu" bash benchmarks/device_run.sh
 #   LANES="0=gemma 1=llama,evalvar 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
 #   LANES="0=gemma 1=scaling_prep" AFTER=scaling ...                           # then sections on all GPUs
-#   LANES="0=scaling:qwen 1=scaling:gemma" RUNS=...                             # scaling.sh of a family per lane
+#   LANES="0=scaling:qwen 1=scaling:gemma" RUNS_qwen=... RUNS_gemma=...        # scaling.sh of a family per lane
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RES=${RES:-/tmp/res}; mkdir -p "$RES"   # everything is written here; $OUT gets results.tgz of its logs and JSON
@@ -33,8 +33,8 @@ evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-4
 scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
 scaling() {
   local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)
-  local fam=${FAMILY:-qwen}
-  OUT=$RES/scaling$([ "$fam" = qwen ] || echo "_$fam") FAMILY=$fam NUM_GPUS=$n bash benchmarks/scaling.sh
+  local fam=${FAMILY:-qwen} runs="RUNS_${FAMILY:-qwen}"   # RUNS_<family>, when set, instead of RUNS
+  OUT=$RES/scaling$([ "$fam" = qwen ] || echo "_$fam") FAMILY=$fam NUM_GPUS=$n RUNS=${!runs-${RUNS:-}} bash benchmarks/scaling.sh
 }
 train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$RES/"; }
 
