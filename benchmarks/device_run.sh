@@ -16,7 +16,7 @@ else
   export PYTHONPATH=$PWD
 fi
 nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
-section() { echo "=== $1"; local t=$SECONDS; shift; "$@" > "$RES/$1.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$RES/$1.log"; }
+section() { echo "=== $1"; local t=$SECONDS name=$1; shift; "$@" > "$RES/$name.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$RES/$name.log"; }
 
 loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
 eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
