@@ -171,6 +171,11 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
     assert "aten::mm" in report   # the operators table
     with pytest.raises(CogipError, match="checkpointing parts"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "projector"))
+    with pytest.raises(CogipError, match="vision=N\\+M"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_parts", "vision=1+two"))
+    with pytest.raises(CogipError, match="asks for 4 blocks, but the model has 3 vision blocks"):
+        run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--activation_checkpointing", "True",
+                  "--checkpoint_parts", "vision=2+2", "--max_steps", "1"))
     with pytest.raises(CogipError, match="can keep none or attention"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--checkpoint_keep", "mlp"))
     with pytest.raises(CogipError, match="FSDP needs GPUs"):
@@ -180,7 +185,8 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
 
 @pytest.mark.parametrize("family,gpus,env,expected", [
     ("llama", 1, {}, "none"), ("llama", 1, {"GRAPH_PARTS": "language"}, "language"),
-    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "none"), ("qwen", 1, {}, "none")])
+    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "none"), ("qwen", 1, {}, "none"),
+    ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
 def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     # the GPU branch of sft/common.sh, its command printed instead of run
     run = subprocess.run(["bash", ROOT / "sft" / family / "finetune_lora.sh"], capture_output=True, text=True,
@@ -191,9 +197,9 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     if env.get("LAUNCHER") == "torchrun":   # a second run on the same host rendezvous elsewhere
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
     assert args[args.index("--graph_parts") + 1] == expected
-    # ZeRO-2 on several GPUs; on one, Llama's measured default is no DeepSpeed
+    # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
-    one_gpu_zero = family != "llama"
+    one_gpu_zero = family == "qwen"
     assert deepspeed == (str(ROOT / "sft" / "deepspeed" / "zero2.json") if gpus > 1 or one_gpu_zero else None)
 
 

@@ -10,5 +10,8 @@ DEFAULT_SOFT_ETA=0.15
 # 896 px) and Liger's fused kernels. CHECKPOINT_PARTS=all for smaller cards.
 DEFAULT_CHECKPOINT_PARTS=none
 DEFAULT_LIGER=True
+# One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 0.70 s against ZeRO-2's 0.85 s, losses
+# within 0.6% over 10 steps, peak 66.1 GiB against 62.5 (docs/benchmarks.md, twelfth round).
+DEFAULT_ONE_GPU_DS=""
 FAMILY_ARGS=()
 source "$(dirname "$0")/../common.sh"
