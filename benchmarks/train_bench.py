@@ -11,7 +11,8 @@ or `ckpt=vision=24`: only the first 24 vision blocks, `ckpt=vision=9+31`: 9 whol
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
 `torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `graphs=language`: the
 language blocks compiled whole and replayed as CUDA graphs, as `--graph_parts` (`graph_blocks`);
-`wholecompile=language`: compiled whole, no graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm).
+`wholecompile=language`: compiled whole, no graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm), `ours:dropout=0` (LoRA dropout off: equal
+variants then give equal losses at every step, each step an update on the same batch; `lr=9e-5` sets AdamW's rate, 1e-5 by default).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
@@ -140,7 +141,8 @@ def main():
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         # bf16 LoRA weights, as under DeepSpeed (what finetune_lora.sh runs on GPUs)
-        model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny)), fp32_adapters=not cuda)
+        model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=float(opts.get("dropout", 0.05))),
+                                  fp32_adapters=not cuda)
         if opts.get("ckpt") not in (None, "none"):
             print(variant, "checkpointed blocks:", set_checkpointing(model, fam, opts["ckpt"], keep=opts.get("keep", "none")),
                   flush=True)
@@ -154,7 +156,7 @@ def main():
         numbers = NumberTokens.from_tokenizer(processor.tokenizer, model.config.get_text_config().vocab_size)
         loss_fn = SoftLabelLoss(numbers).to(device)
         params = [q for q in model.parameters() if q.requires_grad]
-        opt = torch.optim.AdamW(params, lr=1e-5)
+        opt = torch.optim.AdamW(params, lr=float(opts.get("lr", 1e-5)))   # lr=9e-5: the Llama recipe's
         n_params = sum(q.numel() for q in model.parameters())
 
         def step():
@@ -184,7 +186,7 @@ def main():
         sec = float(np.median(times))   # one slow step (a collection, a late graph recording) does not move it
         tokens = 4 * results["tokens_per_sample"]
         results[variant] = {"step_s": sec, "samples_s": 4 / sec, "step_times_s": [round(x, 4) for x in times],
-                            "first_loss": losses[0],
+                            "first_loss": losses[0], "losses": [round(x, 4) for x in losses],
                             "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
                             "activations_gib": (torch.cuda.max_memory_allocated() - static) / 2 ** 30 if cuda else None,
                             "mfu_approx": 6 * n_params * tokens / sec / (PEAK_TFLOPS * 1e12) if cuda else None}
