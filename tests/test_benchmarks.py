@@ -82,3 +82,16 @@ def test_scaling_smoke(tmp_path):
     data = json.loads((tmp_path / "llama" / "out" / "scaling.json").read_text())
     assert set(data) == {"sft_none_0gpu"} and data["sft_none_0gpu"]["samples_per_step"] == 4
     assert json.loads((tmp_path / "llama" / "out" / "sft_none_0gpu.json").read_text())["family"] == "llama"
+
+
+def test_graph_numerics_smoke(tmp_path):
+    """benchmarks/graph_numerics.py on the CPU (compiled blocks, no CUDA graphs): in float32 the compiled
+    language blocks train like eager ones, step by step."""
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "graph_numerics.py", "--cpu", "--layers", "2",
+                          "--steps", "2", "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "graph_numerics.json").read_text())
+    assert set(data["losses"]) == {"float32 eager", "float32 graphed", "bfloat16 eager", "bfloat16 graphed"}
+    assert all(len(v) == 2 for v in data["losses"].values())
+    assert data["losses"]["float32 eager"][1] < data["losses"]["float32 eager"][0]   # it trains
+    assert data["losses"]["float32 graphed"] == pytest.approx(data["losses"]["float32 eager"], rel=1e-4)

@@ -13,7 +13,8 @@ DEFAULT_SOFT_ETA=0.08
 DEFAULT_CHECKPOINT_PARTS=vision
 # GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 2.88 -> 3.98 samples/s
 # through this launcher at real size on one H200; not the default while its losses past the first update
-# are not shown to agree (docs/benchmarks.md, eleventh round).
+# are not shown to agree on a GPU (in float32 on a CPU they do; the bf16 difference is rounding:
+# docs/benchmarks.md, twelfth round).
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
