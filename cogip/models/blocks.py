@@ -10,6 +10,7 @@ training memory) gets wrapped here with `torch.utils.checkpoint`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from functools import partial
 
@@ -240,16 +241,19 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
     kwargs.pop("use_reentrant", None)   # blocks wrapped here recompute non-reentrant (as selective checkpointing needs)
     context_fn = keep_context(keep)
     blocks = list(repeated_blocks(model, family))
-    for part, n in wanted.items():
-        have = sum(p == part for _, _, p in blocks)
-        if n is not None and sum(n) > have:
-            raise CogipError(f"checkpointing parts: {part}={n[0]}+{n[1]} asks for {sum(n)} blocks, "
-                             f"but the model has {have} {part} blocks")
+    have = Counter(part for _, _, part in blocks)
+    for part, span in wanted.items():
+        if span is not None and sum(span) > have[part]:
+            asked = f"{part}={span[0]}" + (f"+{span[1]}" if span[1] else "")
+            raise CogipError(f"checkpointing parts: {asked} asks for {sum(span)} blocks, "
+                             f"but the model has {have[part]} {part} blocks")
     counts = {p: 0 for p in PARTS}
-    seen = {p: 0 for p in PARTS}
+    seen = Counter()
     for _, block, part in blocks:
-        whole, mlp_only = (10 ** 9, 0) if wanted.get(part, ()) is None else wanted.get(part, (0, 0))
-        i, seen[part] = seen[part], seen[part] + 1
+        span = wanted.get(part, (0, 0))   # None: every block whole
+        whole, mlp_only = (have[part], 0) if span is None else span
+        i = seen[part]
+        seen[part] += 1
         on, mlp_on = i < whole, whole <= i < whole + mlp_only
         if isinstance(block, GradientCheckpointingLayer):
             if (on or mlp_on) and not hasattr(block, "_gradient_checkpointing_func"):
@@ -263,7 +267,7 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
             _wrap(block, kwargs)
             block._cogip_checkpoint = on
             block._cogip_context_fn = context_fn
-        if mlp_on or getattr(block, "mlp", None) is not None and hasattr(block.mlp, "_cogip_forward"):
+        if mlp_on or hasattr(getattr(block, "mlp", None), "_cogip_forward"):   # on, or wrapped before: set either way
             mlp = _block_mlp(block)
             _wrap(mlp, kwargs)
             mlp._cogip_checkpoint = mlp_on

@@ -25,7 +25,8 @@ from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, fsdp_wrap_blocks, graph_blocks, parse_keep,
-                             parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks, zero3_prefetch_blocks)
+                             parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
+                             zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
