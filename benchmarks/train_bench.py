@@ -6,13 +6,15 @@ checkpointing. Variants:
   ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
 Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
 `ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision,
-or `ckpt=vision=24`: only the first 24 vision blocks, `ckpt=vision=9+31`: 9 whole, then 31 only their MLP; without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
+or `ckpt=vision=24`: only the first 24 vision blocks, `ckpt=vision=9+31`: 9 whole, then 31 only their MLP;
+without it, transformers' default: every layer it can checkpoint), `ours:ckpt=vision:keep=attention`
 (the checkpointed blocks keep their attention outputs, as `--checkpoint_keep`), `ours:sdpa=flash` (the
 fused attention kernels allowed, as `--sdpa_backends`), `ours:compile` (the vision blocks compiled,
 `torch.compile`; `compile=language` or `compile=all` as `compile_blocks`; `graphs=language`: the
 language blocks compiled whole and replayed as CUDA graphs, as `--graph_parts` (`graph_blocks`);
-`wholecompile=language`: compiled whole, no graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm), `ours:dropout=0` (LoRA dropout off: equal
-variants then give equal losses at every step, each step an update on the same batch; `lr=9e-5` sets AdamW's rate, 1e-5 by default).
+`wholecompile=language`: compiled whole, no graphs), `ours:liger=nolayernorm` (Liger without its LayerNorm),
+`ours:dropout=0` (LoRA dropout off: equal variants then give equal losses at every step, each step an
+update on the same batch; `lr=9e-5` sets AdamW's rate, 1e-5 by default).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
 adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);

@@ -341,7 +341,7 @@ def test_bf16_without_deepspeed_trains_fp32_master_weights(tiny_models, synth_be
     leave its vision tower without gradients.)"""
     import cogip.train.sft as sft
     if not master:
-        monkeypatch.setattr(sft, "fp32_master_weights", lambda model: None)
+        monkeypatch.setattr(sft, "fp32_master_weights", lambda model, args: None)
     probe = VisionSnapshot()
     trainer = run(_args(tiny_models["qwen"], synth_bench, tmp_path / "run", "--bf16", "True", "--max_steps", "1",
                         "--vision_lr", "2e-6", "--lr_scheduler_type", "constant", "--save_strategy", "no"),

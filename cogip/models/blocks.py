@@ -36,9 +36,14 @@ _SDPA_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_a
 KEEPABLE = {"attention": _SDPA_OPS}
 
 
+def _spec_items(spec: str | Iterable[str]) -> list[str]:
+    """A comma-separated option (or its items already split), stripped, empty items dropped."""
+    return [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+
+
 def parse_keep(spec: str | Iterable[str]) -> set[str]:
     """'none' | comma-separated subset of KEEPABLE."""
-    items = {s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()} - {"none"}
+    items = set(_spec_items(spec)) - {"none"}
     unknown = sorted(items - set(KEEPABLE))
     if unknown:
         raise CogipError(f"checkpointed blocks can keep none or {', '.join(KEEPABLE)}; got {unknown[0]!r}")
@@ -60,7 +65,7 @@ def keep_context(keep: str | Iterable[str]):
 
 def parse_parts(spec: str | Iterable[str], what: str = "checkpointing parts") -> set[str]:
     """'all' | 'none' | comma-separated subset of PARTS."""
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    items = _spec_items(spec)
     if items in (["all"], []):
         return set(PARTS) if items else set()
     if items == ["none"]:
@@ -76,8 +81,7 @@ def parse_part_blocks(spec: str | Iterable[str]) -> dict[str, tuple[int, int] | 
     forward order: 'vision=24' recomputes the first 24 vision blocks whole and keeps the later ones'
     activations; 'vision=9+31' recomputes the first 9 whole and of the next 31 only their MLP (the rest
     kept). Returns {part: (whole, mlp_only)}, or None for every block whole."""
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    named = dict(s.split("=", 1) if "=" in s else (s, None) for s in items)
+    named = dict(s.split("=", 1) if "=" in s else (s, None) for s in _spec_items(spec))
     counted = [k for k, n in named.items() if n is not None and k not in PARTS]
     if counted:
         raise CogipError(f"checkpointing parts: a block count goes with a part name ({', '.join(PARTS)}); "

@@ -56,8 +56,8 @@ def run(argv: list[str] | None = None):
     set_seed(gargs.seed)
     processor = family.load_processor(margs.model_id)
     model = family.load_model(margs.model_id)
-    if margs.tune_mode == "full" and not gargs.deepspeed and not gargs.fsdp:
-        fp32_master_weights(model)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
+    if margs.tune_mode == "full":   # LoRA: peft keeps its adapters in float32 itself
+        fp32_master_weights(model, gargs)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
     peft_config = None if margs.tune_mode == "full" else LoraConfig(
         r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
         target_modules=family.lora_target_modules)

@@ -118,13 +118,16 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
-def fp32_master_weights(model) -> None:
-    """Upcasts the trained parameters of a bf16/fp16 model to float32, in place.
+def fp32_master_weights(model, args: TrainingArguments) -> None:
+    """Upcasts the trained parameters of a bf16/fp16 model to float32, in place, unless `args` (the
+    Trainer's, or trl's subclass of them) train under DeepSpeed or FSDP, which keep float32 master copies
+    themselves (accelerate upcasts for FSDP2).
 
-    Outside DeepSpeed and FSDP (which keep float32 master copies themselves; accelerate upcasts for FSDP2)
-    Adam would update the half-precision weights directly, and at the vision tower's learning rate (2e-6)
-    every step is far below bf16's resolution: the tower would not train at all. Autocast still runs the
-    matmuls in bf16."""
+    Without master copies Adam would update the half-precision weights directly, and at the vision tower's
+    learning rate (2e-6) every step is far below bf16's resolution: the tower would not train at all.
+    Autocast still runs the matmuls in bf16."""
+    if args.deepspeed or args.fsdp:
+        return
     for p in model.parameters():
         if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
             p.data = p.data.float()
@@ -246,8 +249,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
-    if dtype != torch.float32 and not targs.deepspeed and not targs.fsdp:
-        fp32_master_weights(model)   # else Adam's small vision steps vanish in bf16 weights
+    fp32_master_weights(model, targs)   # else Adam's small vision steps vanish in bf16 weights
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
