@@ -223,3 +223,65 @@ def test_bad_keep():
     assert checkpointing.keep_context("none") is None
     with pytest.raises(CogipError, match="mlp"):
         checkpointing.parse_keep("attention,mlp")
+
+
+def _autocast_step(tiny, fam, batch, cast_norms: bool, parts: str | None = None):
+    """One bf16-autocast forward and backward of a bf16 model whose trained parameters are float32 masters
+    (the one-GPU launchers' setting): the loss, the gradients, and the bytes each vision block saved for
+    the backward (distinct storages), besides each block's first norm's output size."""
+    torch.manual_seed(0)
+    model = fam.load_model(tiny, dtype=torch.bfloat16)
+    if parts is not None:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0))
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if parts is not None:
+        checkpointing.set_checkpointing(model, fam, parts)
+    blocks = [b for _, b, part in checkpointing.repeated_blocks(model, fam) if part == "vision"]
+    assert checkpointing.autocast_vision_norms(model, fam) if cast_norms else True
+    current, saved, norm_numel = [None], {}, {}
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda *_, i=i: current.__setitem__(0, i))
+        block.register_forward_hook(lambda *_: current.__setitem__(0, None))
+        norm = next(c for c in block.children() if "Norm" in type(c).__name__)
+        norm.register_forward_hook(lambda m, a, out, i=i: norm_numel.__setitem__(i, out.numel()))
+
+    def pack(t):
+        if current[0] is not None and t.is_floating_point():
+            saved.setdefault(current[0], {})[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits, targets = supervised_logits(model, batch)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), grads, [sum(saved.get(i, {}).values()) for i in range(len(blocks))], norm_numel
+
+
+@pytest.mark.parametrize("family,copies", [("llama", 2), ("gemma", 2), ("qwen", 1)])
+def test_vision_norm_outputs_cast_once_under_autocast(tiny_models, family, copies, tmp_path):
+    """With float32 masters under autocast, the vision blocks' norms give float32, and each linear layer
+    they feed saved a bf16 copy of its own: one cast instead saves `copies` per block (query, key and value
+    share one for Mllama and SigLIP; Qwen's gate and up projections do). The loss is the same bit for bit,
+    recomputed blocks included; the gradients differ at most by the rounding of summing the layers' input
+    gradients in bf16."""
+    fam = FAMILIES[family]
+    batch = _batch(fam, fam.load_processor(tiny_models[family]), tmp_path)
+    loss, grads, before, norm_numel = _autocast_step(tiny_models[family], fam, batch, cast_norms=False)
+    cast_loss, cast_grads, after, _ = _autocast_step(tiny_models[family], fam, batch, cast_norms=True)
+    assert cast_loss == loss
+    assert cast_grads.keys() == grads.keys()
+    for name in grads:   # within 2**-8 of each tensor's largest gradient: bf16's rounding
+        assert (cast_grads[name] - grads[name]).abs().max() <= grads[name].abs().max() * 2 ** -8, name
+    assert len(before) == len(norm_numel) >= 2
+    assert [b - a for b, a in zip(before, after)] == [copies * norm_numel[i] * 2 for i in range(len(before))]
+    if family == "llama":   # also where blocks recompute, whole (the first) or their MLP alone (the second)
+        ckpt_loss, ckpt_grads, _, _ = _autocast_step(tiny_models[family], fam, batch, True, parts="vision=1+1")
+        assert ckpt_loss == loss
+        for name in grads:
+            assert torch.equal(ckpt_grads[name], cast_grads[name]), name   # recomputation changes nothing

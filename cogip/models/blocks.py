@@ -1,6 +1,6 @@
 """The repeated blocks of a model by part (language, vision), and what is done to them for speed:
 gradient checkpointing by part (recompute only where memory needs it), `torch.compile`, Liger's
-fused kernels, ZeRO-3 and FSDP2 gathering by block.
+fused kernels, ZeRO-3 and FSDP2 gathering by block, one autocast copy of each norm's output.
 
 Transformers checkpoints every `GradientCheckpointingLayer` or none. Recomputing costs a forward pass
 of the part, so a part whose activations fit is faster left alone; and a block transformers cannot
@@ -150,6 +150,38 @@ def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | 
 
 
 GRAPH_PAD_MULTIPLE = 64   # sequence lengths padded to this with graph_blocks: few shapes, little padding
+
+
+def _norm_output_to_autocast_dtype(module, args, output):
+    if isinstance(output, torch.Tensor) and output.dtype == torch.float32:
+        device = output.device.type
+        if torch.is_autocast_enabled(device):
+            return output.to(torch.get_autocast_dtype(device))
+    return None
+
+
+def autocast_vision_norms(model, family: Family) -> int:
+    """Cast the float32 outputs of the norms inside the vision blocks to autocast's dtype, once;
+    returns how many norms. Under autocast with float32 master weights (one GPU, no DeepSpeed) a
+    vision block's norms give float32 (CUDA's autocast runs LayerNorm in float32, and a float32 weight
+    promotes RMSNorm's output), and every linear layer fed by it casts to bf16 on its own and saves its
+    own copy for the backward: three for Mllama's and SigLIP's query, key and value, two for Qwen's gate
+    and up projections. In these vision blocks the norms feed only linear layers, which would cast to
+    the same values, so the forward is unchanged, and those copies are saved (an MLP-only checkpoint's
+    input is halved too). The backward then sums the layers' input gradients in bf16 rather than float32,
+    as bf16 training without autocast (DeepSpeed's) always does: a rounding-level change. Not for language
+    blocks, where some norms feed residual sums (Gemma 3). Without autocast, or for bf16 outputs, nothing
+    changes."""
+    n = 0
+    for _, block, part in repeated_blocks(model, family):
+        if part != "vision":
+            continue
+        for child in block.children():
+            if "Norm" in type(child).__name__ and not getattr(child, "_cogip_autocast_norm", False):
+                child.register_forward_hook(_norm_output_to_autocast_dtype)
+                child._cogip_autocast_norm = True
+                n += 1
+    return n
 
 
 def zero3_leaf_blocks(model, family: Family) -> list[type]:

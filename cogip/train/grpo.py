@@ -15,6 +15,7 @@ from ..data.bench import read_training_json
 from ..data.images import check_images
 from ..dims import SCORE_RANGE
 from ..errors import CogipError, exit_code
+from ..models.blocks import autocast_vision_norms
 from ..parse import parse_answer
 from .sft import DataArguments, ModelArguments, fp32_master_weights, resolve_family
 
@@ -58,6 +59,7 @@ def run(argv: list[str] | None = None):
     model = family.load_model(margs.model_id)
     if margs.tune_mode == "full":   # LoRA: peft keeps its adapters in float32 itself
         fp32_master_weights(model, gargs)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
+        autocast_vision_norms(model, family)   # as in SFT: one bf16 copy of each vision norm's output
     peft_config = None if margs.tune_mode == "full" else LoraConfig(
         r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
         target_modules=family.lora_target_modules)

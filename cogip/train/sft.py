@@ -24,9 +24,9 @@ from ..errors import CogipError, exit_code
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, fsdp_wrap_blocks, graph_blocks, parse_keep,
-                             parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing, zero3_leaf_blocks,
-                             zero3_prefetch_blocks)
+from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, autocast_vision_norms, fsdp_wrap_blocks, graph_blocks,
+                             parse_keep, parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing,
+                             zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, detect_family, get_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
@@ -250,6 +250,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     model.config.use_cache = False
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
     fp32_master_weights(model, targs)   # else Adam's small vision steps vanish in bf16 weights
+    autocast_vision_norms(model, family)   # one bf16 copy of a norm's output, not one per layer it feeds
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
