@@ -184,9 +184,9 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
 
 
 @pytest.mark.parametrize("family,gpus,env,expected", [
-    ("llama", 1, {}, "none"), ("llama", 1, {"GRAPH_PARTS": "language"}, "language"),
-    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "none"), ("qwen", 1, {}, "none"),
-    ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
+    ("llama", 1, {}, "language"), ("llama", 1, {"GRAPH_PARTS": "none"}, "none"),
+    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "language"), ("qwen", 1, {}, "none"),
+    ("qwen", 1, {"GRAPH_PARTS": "language"}, "language"), ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
 def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     # the GPU branch of sft/common.sh, its command printed instead of run
     run = subprocess.run(["bash", ROOT / "sft" / family / "finetune_lora.sh"], capture_output=True, text=True,
@@ -197,6 +197,8 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     if env.get("LAUNCHER") == "torchrun":   # a second run on the same host rendezvous elsewhere
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
     assert args[args.index("--graph_parts") + 1] == expected
+    # a family's default steps aside where graphs cannot run; a value the user set fails there instead
+    assert args[args.index("--graph_parts_optional") + 1] == ("False" if "GRAPH_PARTS" in env else "True")
     # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
     one_gpu_zero = family == "qwen"
@@ -249,6 +251,37 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
                   "--activation_checkpointing", "True", "--checkpoint_parts", "all"))
     with pytest.raises(CogipError, match="graph parts must be all, none or a subset"):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "decoder"))
+
+
+def test_optional_graph_parts_step_aside(capsys):
+    """The launchers' family default (--graph_parts_optional) trains without graphs, and says why, where an
+    asked value is an error: over checkpointed parts, under ZeRO-3 or FSDP."""
+    from transformers import TrainingArguments
+    from cogip.train.sft import ModelArguments, graph_parts_that_run
+    targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
+    for optional, parts, expected in ((False, "vision", {"language"}), (True, "vision", {"language"}),
+                                      (True, "all", set()), (True, "language=1", set())):
+        margs = ModelArguments(graph_parts="language", graph_parts_optional=optional, checkpoint_parts=parts)
+        assert graph_parts_that_run(margs, targs) == expected
+    assert capsys.readouterr().err.count("training without CUDA graphs: --graph_parts language overlaps") == 2
+    with pytest.raises(CogipError, match="overlaps the checkpointed parts"):
+        graph_parts_that_run(ModelArguments(graph_parts="language", checkpoint_parts="all"), targs)
+    fsdp = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard", report_to=[])
+    assert graph_parts_that_run(ModelArguments(graph_parts="language", graph_parts_optional=True), fsdp) == set()
+    assert "cannot run under ZeRO-3 or FSDP" in capsys.readouterr().err
+    with pytest.raises(CogipError, match="cannot run under ZeRO-3 or FSDP"):
+        graph_parts_that_run(ModelArguments(graph_parts="language"), fsdp)
+
+
+@pytest.mark.parametrize("cast", [True, False])
+def test_vision_norm_cast_is_on_by_default(tiny_models, synth_bench, tmp_path, cast):
+    from cogip.models.blocks import repeated_blocks
+    probe = ModelProbe()
+    run(_args(tiny_models["gemma"], synth_bench, tmp_path, "--max_steps", "1", "--save_strategy", "no",
+              *([] if cast else ["--cast_vision_norms", "False"])), callbacks=[probe])
+    norms = [c for _, b, part in repeated_blocks(probe.model, FAMILIES["gemma"]) for c in b.children()
+             if "Norm" in type(c).__name__ and part == "vision"]
+    assert len(norms) == 4 and all(bool(n._forward_hooks) == cast for n in norms)
 
 
 def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):

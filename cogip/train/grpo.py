@@ -59,7 +59,8 @@ def run(argv: list[str] | None = None):
     model = family.load_model(margs.model_id)
     if margs.tune_mode == "full":   # LoRA: peft keeps its adapters in float32 itself
         fp32_master_weights(model, gargs)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
-        autocast_vision_norms(model, family)   # as in SFT: one bf16 copy of each vision norm's output
+        if margs.cast_vision_norms:
+            autocast_vision_norms(model, family)   # as in SFT: one bf16 copy of each vision norm's output
     peft_config = None if margs.tune_mode == "full" else LoraConfig(
         r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
         target_modules=family.lora_target_modules)

@@ -59,6 +59,12 @@ class ModelArguments:
         "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
                 "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
                 "sequences are then padded to a multiple of 64)"})
+    graph_parts_optional: bool = field(default=False, metadata={
+        "help": "where --graph_parts cannot run (its parts checkpointed, ZeRO-3, FSDP), train without graphs and say so "
+                "instead of failing (the launchers' family defaults)"})
+    cast_vision_norms: bool = field(default=True, metadata={
+        "help": "under autocast, cast the vision blocks' float32 norm outputs to bf16 once, not once per linear layer "
+                "they feed (the same forward, less memory; False: the layers' input gradients summed in float32)"})
     sdpa_backends: str = field(default="auto", metadata={
         "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
                 "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
@@ -118,6 +124,29 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
+def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
+    """The parts to replay as CUDA graphs: --graph_parts, unless they cannot run here, which is an error, or
+    with --graph_parts_optional a printed line and no graphs. A graph replays fixed parameter addresses and
+    one forward: no recomputation, no gathering."""
+    graphed = parse_parts(margs.graph_parts, "graph parts")
+    if not graphed:
+        return graphed
+    both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
+    problem = None
+    if both:
+        problem = (f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
+                   f"checkpoint other parts (--checkpoint_parts) or graph fewer")
+    elif targs.fsdp or is_deepspeed_zero3_enabled():
+        problem = ("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
+                   "use ZeRO-2 or no sharding")
+    if problem is None:
+        return graphed
+    if not margs.graph_parts_optional:
+        raise CogipError(problem)
+    print(f"cogip sft: training without CUDA graphs: {problem}", file=sys.stderr)
+    return set()
+
+
 def fp32_master_weights(model, args: TrainingArguments) -> None:
     """Upcasts the trained parameters of a bf16/fp16 model to float32, in place, unless `args` (the
     Trainer's, or trl's subclass of them) train under DeepSpeed or FSDP, which keep float32 master copies
@@ -174,6 +203,7 @@ class StepTimes(TrainerCallback):
                "steps_timed": len(steady), "samples_per_step": samples_per_step}
         if torch.cuda.is_available():   # this rank's peak: what decides the checkpointing parts that fit
             out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+            out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)   # the card must hold this
         return out
 
 
@@ -225,15 +255,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     family = resolve_family(margs.model_id, margs.family)
     parse_part_blocks(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     parse_keep(margs.checkpoint_keep)
-    graphed = parse_parts(margs.graph_parts, "graph parts")
-    if graphed:   # a graph replays fixed parameter addresses and one forward: no recomputation, no gathering
-        both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
-        if both:
-            raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
-                             f"checkpoint other parts (--checkpoint_parts) or graph fewer")
-        if targs.fsdp or is_deepspeed_zero3_enabled():
-            raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
-                             "use ZeRO-2 or no sharding")
+    graphed = graph_parts_that_run(margs, targs)
     if targs.fsdp and (targs.use_cpu or not torch.cuda.is_available()):
         raise CogipError("FSDP needs GPUs: on CPUs accelerate would silently train unsharded (DDP); "
                          "drop --fsdp / FSDP_CONFIG")
@@ -250,7 +272,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     model.config.use_cache = False
     model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
     fp32_master_weights(model, targs)   # else Adam's small vision steps vanish in bf16 weights
-    autocast_vision_norms(model, family)   # one bf16 copy of a norm's output, not one per layer it feeds
+    if margs.cast_vision_norms:
+        autocast_vision_norms(model, family)   # one bf16 copy of a norm's output, not one per layer it feeds
     if is_deepspeed_zero3_enabled():
         zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole

@@ -8,13 +8,13 @@ DEFAULT_ADAM_BETA2=0.95
 DEFAULT_SOFT_ETA=0.08
 # Recompute only the vision encoder (transformers never checkpoints it): 18 GiB of activations instead
 # of 44 at 4 tiles x batch 4, and no slower (docs/benchmarks.md).
-# On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks:
-# 0.98 -> 0.90 s a step with GRAPH_PARTS=language on one H200, peak 51.8 -> 73.5 GiB (twelfth round).
+# On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks.
 DEFAULT_CHECKPOINT_PARTS=vision
-# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 2.88 -> 3.98 samples/s
-# through this launcher at real size on one H200; not the default while its losses past the first update
-# are not shown to agree on a GPU (in float32 on a CPU they do; the bf16 difference is rounding:
-# docs/benchmarks.md, twelfth round).
+# The host-bound LoRA language layers replayed as CUDA graphs: 3.24 -> 4.10 samples/s through this launcher
+# at real size on one H200; in float32 they train as eager ones do on a GPU, and bf16 runs differ by rounding
+# (docs/benchmarks.md, thirteenth round). Where graphs cannot run (ZeRO-3, FSDP, the language model
+# checkpointed) the run goes without them; GRAPH_PARTS=none turns them off.
+DEFAULT_GRAPH_PARTS=language
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
