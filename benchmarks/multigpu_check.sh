@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Two GPUs: ZeRO-2 SFT through sft/qwen/finetune_lora.sh (both ranks train; the checkpoint loads and
 # merges); FSDP2 LoRA SFT (the adapter loads, and a run resumed from its checkpoint ends where the straight
-# run ends); then the benchmark loop data-parallel vs one GPU (same records, same metrics).
+# run ends); Llama with its launcher's defaults (CUDA-graphed language blocks) under ZeRO-2 and plain DDP
+# against one GPU (the same losses; the ranks end with the same weights); then the benchmark loop
+# data-parallel vs one GPU (same records, same metrics).
 set -euxo pipefail
 W=${WORK:-/tmp/mg}; rm -rf "$W"
 python3 -m cogip.cli data synth "$W/bench" --n 64 --n-train 48
@@ -33,6 +35,29 @@ print(f"FSDP2 adapter: {len(straight)} tensors; steps 4-6 moved weights by up to
 assert moved > 0 and apart < 0.1 * moved
 PY
 python3 benchmarks/check_trained.py "$W" "$W/fsdp2" FSDP2
+python3 -m cogip.cli models tiny "$W/models" --family llama --nest
+lcommon=(MODEL_ID="$W/models/llama" DATA_PATH="$W/bench/cognition_training.json" REPORT_TO=none
+         IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=8 PER_DEVICE_BATCH=4)
+largs=(--max_steps 4 --save_strategy no --learning_rate 1e-3 --lora_dropout 0)
+env "${lcommon[@]}" NUM_GPUS=1 OUTPUT_DIR="$W/llama_1gpu" bash sft/llama/finetune_lora.sh "${largs[@]}"
+env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2" bash sft/llama/finetune_lora.sh "${largs[@]}"
+env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp" bash sft/llama/finetune_lora.sh "${largs[@]}"
+python3 - "$W" <<'PY'
+import json, sys
+w = sys.argv[1]
+runs = {}
+for run in ("llama_1gpu", "llama_zero2", "llama_ddp"):
+    info = json.load(open(f"{w}/{run}/cogip_train.json"))
+    logs = [r for r in json.load(open(f"{w}/{run}/log_history.json")) if "loss" in r]
+    runs[run] = [r["loss"] for r in logs]
+    print(run, "graphs", info["model"]["graph_parts"], "world", info["world_size"], "ranks agree", info["ranks_agree"],
+          "losses", runs[run], "grad norms", [r.get("grad_norm") for r in logs])
+    assert info["ranks_agree"] is True and len(runs[run]) == 4
+for run in ("llama_zero2", "llama_ddp"):   # the same global batch of 8 (one GPU accumulates two of 4)
+    gap = max(abs(a - b) / abs(a) for a, b in zip(runs["llama_1gpu"], runs[run]))
+    print(f"{run} vs one GPU: losses differ by up to {gap:.2e} (relative)")
+    assert gap < 2e-2
+PY
 ev=(MODEL_ID="$W/zero2" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images"
     SAMPLE_N=0 MIN_PIXELS=7056 MAX_PIXELS=7056 DTYPE=float32 BATCH_SIZE=4)
 env "${ev[@]}" NUM_GPUS=1 OUT="$W/eval1" bash evaluation/qwen/cog_test.sh

@@ -356,6 +356,57 @@ def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_ben
     assert r["max_grad_diff"] <= 1e-5 * r["max_grad"]
 
 
+class StepRecord(LossProbe):
+    """Every logged record, and the gradients before the first optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.logs, self.grads = [], None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_two_ranks_train_as_one(tiny_models, synth_bench, tmp_path, family):
+    """Two DDP ranks (torchrun, gloo) of 2 samples each train as one process of 4 and as one of 2 with two
+    accumulated micro-batches: the same logged losses (each part a per-token mean over the whole step) and
+    gradient norms, the same gradients, and ranks that end in agreement. Before, the loss path called the
+    model past DDP's forward, so the ranks never averaged their gradients; and Llama's loss was halved."""
+    common = _args(tiny_models[family], synth_bench, tmp_path, "--max_steps", "2", "--learning_rate", "1e-3",
+                   "--lora_dropout", "0", "--save_strategy", "no")
+    keys = ("loss", "grad_norm", "loss_regular", "loss_numeric")
+    single = {}
+    for name, extra in (("one", ["--per_device_train_batch_size", "4"]),
+                        ("accumulated", ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2"])):
+        record = StepRecord()
+        run([*common, "--output_dir", str(tmp_path / name), *extra], callbacks=[record])
+        single[name] = [{k: r[k] for k in keys} for r in record.logs if "loss" in r], record.grads
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path / "ddp"), *common,
+                           "--output_dir", str(tmp_path / "two"), "--per_device_train_batch_size", "2"],
+                          capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"ddp.rank{r}.pt") for r in (0, 1)]
+    (logs, grads), (acc_logs, _) = single["one"], single["accumulated"]
+    assert len(logs) == 2
+    for other in (acc_logs, [{k: r[k] for k in keys} for r in ranks[0]["logs"] if "loss" in r]):
+        for mine, theirs in zip(logs, other, strict=True):
+            assert theirs == pytest.approx(mine, rel=1e-4)
+    assert ranks[0]["grads"].keys() == ranks[1]["grads"].keys() == grads.keys()
+    scale = max(g.abs().max() for g in grads.values())
+    for name, g in grads.items():
+        assert torch.equal(ranks[0]["grads"][name], ranks[1]["grads"][name]), name   # averaged: the same on both
+        assert (ranks[0]["grads"][name] - g).abs().max() <= 1e-4 * scale, name
+    assert [r["agree"] for r in ranks] == [True, True] and [r["agree_after_nudge"] for r in ranks] == [False, False]
+    info = json.loads((tmp_path / "two" / "cogip_train.json").read_text())
+    assert info["world_size"] == 2 and info["ranks_agree"] is True
+
+
 class VisionSnapshot(ModelProbe):
     """The trained vision parameters as the run starts, by name."""
 

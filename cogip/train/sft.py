@@ -207,6 +207,24 @@ class StepTimes(TrainerCallback):
         return out
 
 
+def ranks_agree(model, args: TrainingArguments) -> bool | None:
+    """Whether every rank holds the same trained weights (a float64 sum and sum of squares of them), where
+    each rank holds them all: one process, DDP, ZeRO-1/2. None where they are sharded (ZeRO-3, FSDP)."""
+    if args.world_size <= 1:
+        return True
+    if args.fsdp or is_deepspeed_zero3_enabled():
+        return None
+    trained = [p.detach() for p in model.parameters() if p.requires_grad]
+    device = trained[0].device if trained else args.device
+    local = torch.stack([sum((p.double().sum() for p in trained), torch.zeros((), dtype=torch.float64, device=device)),
+                         sum((p.double().square().sum() for p in trained), torch.zeros((), dtype=torch.float64,
+                                                                                      device=device))])
+    low, high = local.clone(), local.clone()
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    return bool(torch.equal(low, high))
+
+
 class RecordStep(TrainerCallback):
     """Records one optimizer step (1-based) and writes the record of each rank beside the weights, as
     `filename` with {rank} filled in. `begin(model)` starts recording and returns `end(head) -> text`,
@@ -316,11 +334,15 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
           flush=True)
     if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
         return trainer   # stopped early by a callback: keep the checkpoints, write no final result
+    agree = ranks_agree(trainer.model, args)   # replicas that drifted apart trained on unaveraged gradients
+    if agree is False:
+        raise CogipError(f"the {args.world_size} ranks ended with different trained weights: their gradients "
+                         f"were not averaged; the final model is not saved", file=targs.output_dir)
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
                 "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
-                "kernels": kernels, "throughput": speed}
+                "world_size": args.world_size, "ranks_agree": agree, "kernels": kernels, "throughput": speed}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
         Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return trainer

@@ -4,6 +4,7 @@ logits computed only where the answer is supervised."""
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 
 import torch
 from transformers import Trainer
@@ -26,9 +27,30 @@ def supervised_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     Runs the backbone without its lm_head and projects only those positions, so the vocabulary
     projection never touches image and prompt tokens. Under FSDP2 it runs as a forward method of the
-    sharded root (`as_fsdp_forward`)."""
+    sharded root (`as_fsdp_forward`), under DDP as the forward of the wrapped module (`_through_ddp`)."""
     fsdp_forward = getattr(model, FSDP_FORWARD, None)
-    return fsdp_forward(inputs) if fsdp_forward is not None else _supervised_logits(model, inputs)
+    if fsdp_forward is not None:
+        return fsdp_forward(inputs)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return _through_ddp(model, inputs)
+    return _supervised_logits(model, inputs)
+
+
+def _through_ddp(ddp, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDP arms its gradient all-reduce in its own forward, around a call of the wrapped module; called
+    past it, the backward would leave every rank with its own gradients. So for this call the supervised
+    path is the wrapped module's forward. (DeepSpeed's ZeRO-1/2 reduce from gradient hooks, ZeRO-3 gathers
+    from module hooks: they need no such call.)"""
+    module = ddp.module
+    own = module.__dict__.get("forward")   # accelerate may have set one (mixed precision): restored after
+    module.forward = partial(_supervised_logits, module)
+    try:
+        return ddp(inputs)
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 FSDP_FORWARD = "cogip_supervised_logits"
@@ -67,6 +89,10 @@ class CogipTrainer(Trainer):
     def __init__(self, *args, family: Family, loss_fn: SoftLabelLoss, vision_lr: float | None = None,
                  merger_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        # Qwen2.5-VL and Gemma 3 declare they take no loss kwargs, and Mllama's signature says it does: either
+        # way compute_loss below normalises by the step's supervised tokens, so have Trainer count them for
+        # every family. The loss is then the same per-token mean over any accumulation and any rank count.
+        self.model_accepts_loss_kwargs = True
         self.family, self.loss_fn = family, loss_fn
         self.vision_lr, self.merger_lr = vision_lr, merger_lr
         self._parts, self._tokens = None, 0   # (regular, numeric) sums on the device, tokens, since the last log
@@ -81,10 +107,13 @@ class CogipTrainer(Trainer):
         self.loss_fn.to(logits.device)
         total, regular, numeric = self.loss_fn(logits, targets)
         if num_items_in_batch is not None:
-            # Trainer passes the supervised-token count of the whole optimizer step (all micro-batches,
-            # all ranks) and scales back by the rank count itself: normalising by it makes the step's
-            # loss exactly (Σ regular + λ Σ numeric) / N over the global batch.
+            # Trainer passes the supervised-token count of the whole optimizer step (all micro-batches and,
+            # with average_tokens_across_devices, all ranks): normalising by it makes the step's loss exactly
+            # (Σ regular + λ Σ numeric) / N over the global batch. The ranks' gradients are then averaged, so
+            # each rank's part is scaled back by the rank count, as Trainer.compute_loss (overridden here) does.
             total = (regular + self.loss_fn.lam * numeric if self.loss_fn.soft else regular) / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                total = total * self.accelerator.num_processes
         # kept on the device: reading them here would stall the host between forward and backward
         parts = torch.stack([regular.detach().float(), numeric.detach().float()])
         self._parts = parts if self._parts is None else self._parts + parts
@@ -92,10 +121,13 @@ class CogipTrainer(Trainer):
         return (total, {"logits": logits}) if return_outputs else total
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._tokens:   # per-token means since the last log
-            regular, numeric = self._parts.tolist()
-            logs["loss_regular"] = round(regular / self._tokens, 5)
-            logs["loss_numeric"] = round(numeric / self._tokens, 5)
+        if "loss" in logs and self._tokens:   # per-token means since the last log, over every rank's tokens
+            sums = torch.cat([self._parts, self._parts.new_tensor([self._tokens])])
+            if self.accelerator.num_processes > 1:   # every rank logs at the same steps
+                sums = self.accelerator.reduce(sums, reduction="sum")
+            regular, numeric, tokens = sums.tolist()
+            logs["loss_regular"] = round(regular / tokens, 5)
+            logs["loss_numeric"] = round(numeric / tokens, 5)
             self._parts, self._tokens = None, 0
         super().log(logs, *args, **kwargs)
 
