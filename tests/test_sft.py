@@ -223,7 +223,8 @@ class LossProbe(ModelProbe):
 
 def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
     """Llama's language blocks compiled whole for CUDA graphs (on a CPU: compiled, no graphs): the same
-    losses as eager, sequences padded to a multiple of 64; bad combinations are one error line."""
+    losses as eager over accumulated micro-batches, sequences padded to a multiple of 64, the trained
+    parameters' gradients copied out of the graphs' outputs; bad combinations are one error line."""
     from cogip.models.blocks import GRAPH_PAD_MULTIPLE, repeated_blocks
     from cogip.train.data import SFTCollator
     from torch._dynamo.utils import counters
@@ -231,11 +232,15 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
     for name, extra in (("eager", []), ("graphs", ["--graph_parts", "language"])):
         probe = LossProbe()
         trainer = run(_args(tiny_models["llama"], synth_bench, tmp_path / name, "--max_steps", "3", "--logging_steps",
-                            "1", "--save_strategy", "no", "--learning_rate", "1e-2", "--lora_dropout", "0", *extra),
+                            "1", "--save_strategy", "no", "--learning_rate", "1e-2", "--lora_dropout", "0",
+                            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2", *extra),
                       callbacks=[probe])
         compiled = {part: [getattr(b, "_compiled_call_impl", None) is not None
                            for _, b, p in repeated_blocks(probe.model, FAMILIES["llama"]) if p == part]
                     for part in ("language", "vision")}
+        hooked = [bool(p._backward_hooks) for _, b, part in repeated_blocks(probe.model, FAMILIES["llama"])
+                  if part == "language" for p in b.parameters() if p.requires_grad]
+        assert hooked and all(hooked) == (name == "graphs")
         runs[name] = probe.losses, compiled, trainer.data_collator
     (eager, eager_compiled, eager_collator), (graphs, graphs_compiled, collator) = runs["eager"], runs["graphs"]
     assert len(eager) == 3 and graphs == pytest.approx(eager, rel=1e-4)

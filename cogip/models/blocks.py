@@ -145,8 +145,19 @@ def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | 
     for _, block, part in repeated_blocks(model, family):
         if part in wanted:
             block.compile(mode=mode)
+            if mode == "reduce-overhead":
+                for p in block.parameters():
+                    if p.requires_grad:
+                        p.register_hook(_graph_output_copy)
             n += 1
     return n
+
+
+def _graph_output_copy(grad: torch.Tensor) -> torch.Tensor | None:
+    # A graphed block's parameter gradients are outputs of its CUDA graph, which the next replay overwrites.
+    # Autograd keeps a first gradient as .grad itself, so with gradient accumulation the next micro-batch's
+    # replay would overwrite it before it is added to: accumulate into a copy instead.
+    return grad.clone() if grad.is_cuda else None
 
 
 GRAPH_PAD_MULTIPLE = 64   # sequence lengths padded to this with graph_blocks: few shapes, little padding
