@@ -8,6 +8,8 @@
 #   bash benchmarks/graph_check.sh           a tiny Llama, 12 steps
 #   REAL=1 bash benchmarks/graph_check.sh    Llama-3.2-11B-Vision's architecture with random weights
 #                                            (benchmarks/real_model.py), 1120-px images (4 tiles), 10 steps
+#   ACCUM=2 bash benchmarks/graph_check.sh   each step accumulates 2 micro-batches of 4 (the launcher's
+#                                            default accumulates 32 on one GPU)
 set -euxo pipefail
 W=${WORK:-/tmp/gc}; rm -rf "$W"
 if [ "${REAL:-0}" = 1 ]; then
@@ -21,7 +23,7 @@ else
 fi
 for parts in none language; do
   env MODEL_ID="$W/models/llama" DATA_PATH="$W/bench/cognition_training.json" REPORT_TO=none NUM_GPUS=1 \
-    IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 LAUNCHER=torchrun \
+    IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=$((4 * ${ACCUM:-1})) PER_DEVICE_BATCH=4 LAUNCHER=torchrun \
     GRAPH_PARTS=$parts OUTPUT_DIR="$W/$parts" bash sft/llama/finetune_lora.sh --max_steps $steps --save_strategy no \
     --lora_dropout 0 --disable_tqdm True > "$W/$parts.log" 2>&1
   grep "cogip sft:" "$W/$parts.log"

@@ -10,11 +10,11 @@ DEFAULT_SOFT_ETA=0.08
 # of 44 at 4 tiles x batch 4, and no slower (docs/benchmarks.md).
 # On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks.
 DEFAULT_CHECKPOINT_PARTS=vision
-# The host-bound LoRA language layers replayed as CUDA graphs: 3.24 -> 4.10 samples/s through this launcher
-# at real size on one H200; in float32 they train as eager ones do on a GPU, and bf16 runs differ by rounding
-# (docs/benchmarks.md, thirteenth round). Where graphs cannot run (ZeRO-3, FSDP, the language model
-# checkpointed) the run goes without them; GRAPH_PARTS=none turns them off.
-DEFAULT_GRAPH_PARTS=language
+# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 3.24 -> 4.10 samples/s
+# through this launcher at real size on one H200, and in float32 they train as eager ones do on a GPU
+# (docs/benchmarks.md, thirteenth round). Not yet the default: with gradient accumulation (this launcher's
+# 32 micro-batches a step on one GPU) graphed and eager runs are still to be compared on a GPU
+# (ACCUM=2 bash benchmarks/graph_check.sh).
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
