@@ -1,33 +1,19 @@
 """Run by torchrun (two CPU processes, gloo) from tests/test_sft.py: `cogip.train.sft.run` as the
 launchers run it on several GPUs without DeepSpeed (the Trainer wraps the model in DDP). Writes, per
-rank, every logged record, the gradients before the first optimizer step, the written cogip_train.json,
+rank, every logged record, the gradients before the first optimizer step,
 and what `ranks_agree` says before and after one rank's weights are nudged.
 
     torchrun --nproc_per_node 2 tests/ddp_worker.py OUT_PREFIX SFT_ARGS..."""
 
-import json
 import sys
 
 import torch
-from transformers import TrainerCallback
+from recorders import StepRecord
 
 from cogip.train.sft import ranks_agree, run
 
-
-class Record(TrainerCallback):
-    def __init__(self):
-        self.logs, self.grads = [], None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.append(dict(logs or {}))
-
-
 prefix, argv = sys.argv[1], sys.argv[2:]
-record = Record()
+record = StepRecord()
 trainer = run(argv, callbacks=[record])
 rank = trainer.args.process_index
 agree_after_training = ranks_agree(trainer.model, trainer.args)

@@ -23,13 +23,18 @@ def _batch(fam, proc, root):
     return SFTCollator(fam, proc)(rows)
 
 
-def _grads(tiny, fam, parts, calls, root):
+def _trainable(tiny, fam, dtype, checkpointed: bool):
+    """The tiny model as the recipe trains it (LoRA dropout off), checkpointing enabled where asked."""
     torch.manual_seed(0)
-    model = fam.load_model(tiny, dtype=torch.float32)
-    if parts is not None:
+    model = fam.load_model(tiny, dtype=dtype)
+    if checkpointed:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0))
+    return prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0))
+
+
+def _grads(tiny, fam, parts, calls, root):
+    model = _trainable(tiny, fam, torch.float32, parts is not None)
     counts = checkpointing.set_checkpointing(model, fam, parts) if parts is not None else None
     model.train()
     batch = _batch(fam, fam.load_processor(tiny), root)
@@ -229,12 +234,7 @@ def _autocast_step(tiny, fam, batch, cast_norms: bool, parts: str | None = None)
     """One bf16-autocast forward and backward of a bf16 model whose trained parameters are float32 masters
     (the one-GPU launchers' setting): the loss, the gradients, and the bytes each vision block saved for
     the backward (distinct storages), besides each block's first norm's output size."""
-    torch.manual_seed(0)
-    model = fam.load_model(tiny, dtype=torch.bfloat16)
-    if parts is not None:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0))
+    model = _trainable(tiny, fam, torch.bfloat16, parts is not None)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()

@@ -16,6 +16,7 @@ from cogip.errors import CogipError
 from cogip.models.families import FAMILIES
 from cogip.train.merge import load_adapted, merge
 from cogip.train.sft import run
+from recorders import StepRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -359,21 +360,6 @@ def test_fsdp2_sharded_loss_and_gradients_match_unsharded(tiny_models, synth_ben
     assert r["losses"] == [pytest.approx(r["ref_loss"], rel=1e-6)] * 2
     assert r["grad_names_equal"] and r["max_grad"] > 0.1
     assert r["max_grad_diff"] <= 1e-5 * r["max_grad"]
-
-
-class StepRecord(LossProbe):
-    """Every logged record, and the gradients before the first optimizer step."""
-
-    def __init__(self):
-        super().__init__()
-        self.logs, self.grads = [], None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        self.logs.append(dict(logs or {}))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
