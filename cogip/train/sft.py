@@ -215,10 +215,11 @@ def ranks_agree(model, args: TrainingArguments) -> bool | None:
     if args.fsdp or is_deepspeed_zero3_enabled():
         return None
     trained = [p.detach() for p in model.parameters() if p.requires_grad]
-    device = trained[0].device if trained else args.device
-    local = torch.stack([sum((p.double().sum() for p in trained), torch.zeros((), dtype=torch.float64, device=device)),
-                         sum((p.double().square().sum() for p in trained), torch.zeros((), dtype=torch.float64,
-                                                                                      device=device))])
+    if not trained:
+        return True
+    # summed in float64 without a float64 copy of each weight (a trained embedding would be gigabytes)
+    local = torch.stack([torch.stack([torch.sum(p, dtype=torch.float64) for p in trained]).sum(),
+                         torch.stack([torch.sum(p * p, dtype=torch.float64) for p in trained]).sum()])
     low, high = local.clone(), local.clone()
     torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
     torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
