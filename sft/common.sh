@@ -13,8 +13,9 @@
 #                          vision=9+31: the first 9 whole, the next 31 only their MLP)
 #             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
 #             GRAPH_PARTS (family default, else none; language | vision | all: those blocks compiled and replayed
-#                          as CUDA graphs, e.g. language for Llama; not with their checkpointing, ZeRO-3 or FSDP,
-#                          where a family default steps aside and an explicit value is an error)
+#                          as CUDA graphs, e.g. language for Llama; not with their checkpointing, ZeRO-3, FSDP or
+#                          yet gradient accumulation, so set GLOBAL_BATCH to PER_DEVICE_BATCH x GPUs; where they
+#                          cannot run a family default steps aside and an explicit value is an error)
 #             CAST_VISION_NORMS (True: one bf16 copy of a vision norm's float32 output under autocast)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
 #             SDPA_BACKENDS (auto, or a comma list of cudnn, flash, efficient: the fused attention kernels allowed)

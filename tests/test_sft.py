@@ -261,7 +261,7 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
 
 def test_optional_graph_parts_step_aside(capsys):
     """The launchers' family default (--graph_parts_optional) trains without graphs, and says why, where an
-    asked value is an error: over checkpointed parts, under ZeRO-3 or FSDP."""
+    asked value is an error: over checkpointed parts, under ZeRO-3 or FSDP, accumulating on a GPU."""
     from transformers import TrainingArguments
     from cogip.train.sft import ModelArguments, graph_parts_that_run
     targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
@@ -277,6 +277,15 @@ def test_optional_graph_parts_step_aside(capsys):
     assert "cannot run under ZeRO-3 or FSDP" in capsys.readouterr().err
     with pytest.raises(CogipError, match="cannot run under ZeRO-3 or FSDP"):
         graph_parts_that_run(ModelArguments(graph_parts="language"), fsdp)
+    # on a GPU, accumulating over graphed blocks only when asked for (not yet shown to train like eager)
+    accumulating = TrainingArguments(output_dir="unused", use_cpu=True, gradient_accumulation_steps=2, report_to=[])
+    with pytest.raises(CogipError, match="gradient accumulation \\(2 micro-batches\\) is not yet shown"):
+        graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=True)
+    assert graph_parts_that_run(ModelArguments(graph_parts="language", graph_parts_optional=True), accumulating,
+                                on_gpu=True) == set()
+    asked = ModelArguments(graph_parts="language", graph_parts_accumulate=True)
+    assert graph_parts_that_run(asked, accumulating, on_gpu=True) == {"language"}
+    assert graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=False) == {"language"}
 
 
 @pytest.mark.parametrize("cast", [True, False])

@@ -59,6 +59,9 @@ class ModelArguments:
         "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
                 "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
                 "sequences are then padded to a multiple of 64)"})
+    graph_parts_accumulate: bool = field(default=False, metadata={
+        "help": "allow --graph_parts with gradient accumulation on a GPU, for checking it (benchmarks/graph_check.sh "
+                "ACCUM=2): its first run there logged losses ~2%% from the same step unaccumulated (docs/benchmarks.md)"})
     graph_parts_optional: bool = field(default=False, metadata={
         "help": "where --graph_parts cannot run (its parts checkpointed, ZeRO-3, FSDP), train without graphs and say so "
                 "instead of failing (the launchers' family defaults)"})
@@ -124,13 +127,16 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
-def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
+def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments, on_gpu: bool | None = None) -> set[str]:
     """The parts to replay as CUDA graphs: --graph_parts, unless they cannot run here, which is an error, or
     with --graph_parts_optional a printed line and no graphs. A graph replays fixed parameter addresses and
-    one forward: no recomputation, no gathering."""
+    one forward: no recomputation, no gathering. Nor, on a GPU, gradient accumulation unless asked for
+    (--graph_parts_accumulate): its first GPU run logged losses ~2% from the same step run unaccumulated on
+    two GPUs and on a CPU, not yet explained (docs/benchmarks.md, thirteenth round)."""
     graphed = parse_parts(margs.graph_parts, "graph parts")
     if not graphed:
         return graphed
+    on_gpu = (torch.cuda.is_available() and not targs.use_cpu) if on_gpu is None else on_gpu
     both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
     problem = None
     if both:
@@ -139,6 +145,10 @@ def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set
     elif targs.fsdp or is_deepspeed_zero3_enabled():
         problem = ("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
                    "use ZeRO-2 or no sharding")
+    elif on_gpu and targs.gradient_accumulation_steps > 1 and not margs.graph_parts_accumulate:
+        problem = (f"--graph_parts with gradient accumulation ({targs.gradient_accumulation_steps} micro-batches) is not "
+                   f"yet shown to train like eager on a GPU; set the global batch to the GPUs' per-device batches "
+                   f"(accumulation 1), or GRAPH_PARTS=none")
     if problem is None:
         return graphed
     if not margs.graph_parts_optional:

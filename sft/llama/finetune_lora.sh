@@ -13,9 +13,9 @@ DEFAULT_SOFT_ETA=0.08
 DEFAULT_CHECKPOINT_PARTS=vision
 # GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 3.24 -> 4.10 samples/s
 # through this launcher at real size on one H200, and in float32 they train as eager ones do on a GPU
-# (docs/benchmarks.md, thirteenth round). Not yet the default: with gradient accumulation (this launcher's
-# 32 micro-batches a step on one GPU) graphed and eager runs are still to be compared on a GPU
-# (ACCUM=2 bash benchmarks/graph_check.sh).
+# (docs/benchmarks.md, thirteenth round). Not yet the default, nor allowed with gradient accumulation (this
+# launcher's 32 micro-batches a step on one GPU): its first accumulated GPU run logged losses ~2% off, not yet
+# explained; until then graphs need GLOBAL_BATCH=4 per GPU (ACCUM=2 bash benchmarks/graph_check.sh checks it).
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
