@@ -12,10 +12,9 @@
 #                          vision=24: only the first 24 vision blocks, the rest keep their activations;
 #                          vision=9+31: the first 9 whole, the next 31 only their MLP)
 #             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
-#             GRAPH_PARTS (family default, else none; language | vision | all: those blocks compiled and replayed
-#                          as CUDA graphs, e.g. language for Llama; not with their checkpointing, ZeRO-3, FSDP or
-#                          yet gradient accumulation, so set GLOBAL_BATCH to PER_DEVICE_BATCH x GPUs; where they
-#                          cannot run a family default steps aside and an explicit value is an error)
+#             GRAPH_PARTS (none; language | vision | all: those blocks compiled and replayed as CUDA graphs, e.g.
+#                          language for Llama; not with their checkpointing, ZeRO-3, FSDP or yet gradient
+#                          accumulation, so set GLOBAL_BATCH to PER_DEVICE_BATCH x GPUs)
 #             CAST_VISION_NORMS (True: one bf16 copy of a vision norm's float32 output under autocast)
 #             LIGER (family default: Liger's fused kernels where they measured faster; needs .[gpu])
 #             SDPA_BACKENDS (auto, or a comma list of cudnn, flash, efficient: the fused attention kernels allowed)
@@ -41,8 +40,7 @@ if (( NUM_GPUS > 0 )); then
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"
-               --graph_parts "${GRAPH_PARTS:-${DEFAULT_GRAPH_PARTS:-none}}"
-               --graph_parts_optional "$([ -z "${GRAPH_PARTS:-}" ] && echo True || echo False)"
+               --graph_parts "${GRAPH_PARTS:-none}"
                --cast_vision_norms "${CAST_VISION_NORMS:-True}"
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"
                --sdpa_backends "${SDPA_BACKENDS:-${DEFAULT_SDPA_BACKENDS:-auto}}")

@@ -198,8 +198,6 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     if env.get("LAUNCHER") == "torchrun":   # a second run on the same host rendezvous elsewhere
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
     assert args[args.index("--graph_parts") + 1] == expected
-    # a family's default steps aside where graphs cannot run; a value the user set fails there instead
-    assert args[args.index("--graph_parts_optional") + 1] == ("False" if "GRAPH_PARTS" in env else "True")
     # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
     one_gpu_zero = family == "qwen"
@@ -259,30 +257,37 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "decoder"))
 
 
-def test_optional_graph_parts_step_aside(capsys):
-    """The launchers' family default (--graph_parts_optional) trains without graphs, and says why, where an
-    asked value is an error: over checkpointed parts, under ZeRO-3 or FSDP, accumulating on a GPU."""
+def test_graphed_gradients_copied_only_when_accumulating(tiny_models):
+    """Copies of a graphed block's parameter gradients (which its next replay overwrites) are made only where
+    micro-batches accumulate into them; otherwise the optimizer consumes them first."""
+    from cogip.models.blocks import graph_blocks, repeated_blocks
+    from cogip.train.sft import ModelArguments, prepare_trainable
+    fam = FAMILIES["llama"]
+    for accumulate in (False, True):
+        model = prepare_trainable(fam.load_model(tiny_models["llama"], dtype=torch.float32), fam,
+                                  ModelArguments(model_id="x"))
+        assert graph_blocks(model, fam, "language", accumulate=accumulate) > 1
+        hooked = [bool(p._backward_hooks) for _, b, part in repeated_blocks(model, fam) if part == "language"
+                  for p in b.parameters() if p.requires_grad]
+        assert hooked and set(hooked) == {accumulate}
+
+
+def test_graph_parts_refused_where_they_cannot_run():
+    """--graph_parts is one error line over checkpointed parts, under ZeRO-3 or FSDP, and when accumulating on
+    a GPU unless asked for (not yet shown to train like eager there)."""
     from transformers import TrainingArguments
     from cogip.train.sft import ModelArguments, graph_parts_that_run
     targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
-    for optional, parts, expected in ((False, "vision", {"language"}), (True, "vision", {"language"}),
-                                      (True, "all", set()), (True, "language=1", set())):
-        margs = ModelArguments(graph_parts="language", graph_parts_optional=optional, checkpoint_parts=parts)
-        assert graph_parts_that_run(margs, targs) == expected
-    assert capsys.readouterr().err.count("training without CUDA graphs: --graph_parts language overlaps") == 2
-    with pytest.raises(CogipError, match="overlaps the checkpointed parts"):
-        graph_parts_that_run(ModelArguments(graph_parts="language", checkpoint_parts="all"), targs)
+    assert graph_parts_that_run(ModelArguments(graph_parts="language", checkpoint_parts="vision"), targs) == {"language"}
+    for parts in ("all", "language=1"):
+        with pytest.raises(CogipError, match="overlaps the checkpointed parts"):
+            graph_parts_that_run(ModelArguments(graph_parts="language", checkpoint_parts=parts), targs)
     fsdp = TrainingArguments(output_dir="unused", use_cpu=True, fsdp="full_shard", report_to=[])
-    assert graph_parts_that_run(ModelArguments(graph_parts="language", graph_parts_optional=True), fsdp) == set()
-    assert "cannot run under ZeRO-3 or FSDP" in capsys.readouterr().err
     with pytest.raises(CogipError, match="cannot run under ZeRO-3 or FSDP"):
         graph_parts_that_run(ModelArguments(graph_parts="language"), fsdp)
-    # on a GPU, accumulating over graphed blocks only when asked for (not yet shown to train like eager)
     accumulating = TrainingArguments(output_dir="unused", use_cpu=True, gradient_accumulation_steps=2, report_to=[])
     with pytest.raises(CogipError, match="gradient accumulation \\(2 micro-batches\\) is not yet shown"):
         graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=True)
-    assert graph_parts_that_run(ModelArguments(graph_parts="language", graph_parts_optional=True), accumulating,
-                                on_gpu=True) == set()
     asked = ModelArguments(graph_parts="language", graph_parts_accumulate=True)
     assert graph_parts_that_run(asked, accumulating, on_gpu=True) == {"language"}
     assert graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=False) == {"language"}

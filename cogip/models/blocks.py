@@ -131,7 +131,8 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision")
     return n
 
 
-def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | None = "reduce-overhead") -> int:
+def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | None = "reduce-overhead",
+                 accumulate: bool = False) -> int:
     """For training: compile the repeated blocks of `parts` whole and replay them as CUDA graphs
     (`torch.compile(mode="reduce-overhead")`); returns how many. `mode=None` compiles them whole without
     graphs (measured slower for Llama; a benchmark variant). For parts whose step is host-bound:
@@ -139,13 +140,15 @@ def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | 
     to run (docs/benchmarks.md, tenth round). A graph replays for one input shape: the SFT collator pads
     sequence lengths to a multiple (`GRAPH_PAD_MULTIPLE`), so a run records a few. Not for blocks that are
     checkpointed, nor under ZeRO-3 or FSDP, whose gathered parameters move between steps (callers check).
-    On a CPU the blocks are compiled without graphs."""
+    On a CPU the blocks are compiled without graphs. `accumulate`: gradients are accumulated over
+    micro-batches, so the graphed blocks' parameter gradients are copied out of the graphs' outputs
+    (`_graph_output_copy`); without accumulation each step's optimizer consumes them first."""
     wanted = parse_parts(parts, "graph parts")
     n = 0
     for _, block, part in repeated_blocks(model, family):
         if part in wanted:
             block.compile(mode=mode)
-            if mode == "reduce-overhead":
+            if mode == "reduce-overhead" and accumulate:
                 for p in block.parameters():
                     if p.requires_grad:
                         p.register_hook(_graph_output_copy)

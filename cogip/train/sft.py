@@ -62,9 +62,6 @@ class ModelArguments:
     graph_parts_accumulate: bool = field(default=False, metadata={
         "help": "allow --graph_parts with gradient accumulation on a GPU, for checking it (benchmarks/graph_check.sh "
                 "ACCUM=2): its first run there logged losses ~2%% from the same step unaccumulated (docs/benchmarks.md)"})
-    graph_parts_optional: bool = field(default=False, metadata={
-        "help": "where --graph_parts cannot run (its parts checkpointed, ZeRO-3, FSDP), train without graphs and say so "
-                "instead of failing (the launchers' family defaults)"})
     cast_vision_norms: bool = field(default=True, metadata={
         "help": "under autocast, cast the vision blocks' float32 norm outputs to bf16 once, not once per linear layer "
                 "they feed (the same forward, less memory; False: the layers' input gradients summed in float32)"})
@@ -128,9 +125,8 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
 
 
 def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments, on_gpu: bool | None = None) -> set[str]:
-    """The parts to replay as CUDA graphs: --graph_parts, unless they cannot run here, which is an error, or
-    with --graph_parts_optional a printed line and no graphs. A graph replays fixed parameter addresses and
-    one forward: no recomputation, no gathering. Nor, on a GPU, gradient accumulation unless asked for
+    """The parts to replay as CUDA graphs (--graph_parts); an error where they cannot run here. A graph replays
+    fixed parameter addresses and one forward: no recomputation, no gathering. Nor, on a GPU, gradient accumulation unless asked for
     (--graph_parts_accumulate): its first GPU run logged losses ~2% from the same step run unaccumulated on
     two GPUs and on a CPU, not yet explained (docs/benchmarks.md, thirteenth round)."""
     graphed = parse_parts(margs.graph_parts, "graph parts")
@@ -138,23 +134,17 @@ def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments, on_gpu
         return graphed
     on_gpu = (torch.cuda.is_available() and not targs.use_cpu) if on_gpu is None else on_gpu
     both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
-    problem = None
     if both:
-        problem = (f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
-                   f"checkpoint other parts (--checkpoint_parts) or graph fewer")
-    elif targs.fsdp or is_deepspeed_zero3_enabled():
-        problem = ("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
-                   "use ZeRO-2 or no sharding")
-    elif on_gpu and targs.gradient_accumulation_steps > 1 and not margs.graph_parts_accumulate:
-        problem = (f"--graph_parts with gradient accumulation ({targs.gradient_accumulation_steps} micro-batches) is not "
-                   f"yet shown to train like eager on a GPU; set the global batch to the GPUs' per-device batches "
-                   f"(accumulation 1), or GRAPH_PARTS=none")
-    if problem is None:
-        return graphed
-    if not margs.graph_parts_optional:
-        raise CogipError(problem)
-    print(f"cogip sft: training without CUDA graphs: {problem}", file=sys.stderr)
-    return set()
+        raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
+                         f"checkpoint other parts (--checkpoint_parts) or graph fewer")
+    if targs.fsdp or is_deepspeed_zero3_enabled():
+        raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
+                         "use ZeRO-2 or no sharding")
+    if on_gpu and targs.gradient_accumulation_steps > 1 and not margs.graph_parts_accumulate:
+        raise CogipError(f"--graph_parts with gradient accumulation ({targs.gradient_accumulation_steps} micro-batches) "
+                         f"is not yet shown to train like eager on a GPU; set the global batch to the GPUs' per-device "
+                         f"batches (accumulation 1), or GRAPH_PARTS=none")
+    return graphed
 
 
 def fp32_master_weights(model, args: TrainingArguments) -> None:
@@ -308,7 +298,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
     if targs.fsdp_plugin_args is not None:
         fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)   # FSDP2 too gathers block by block
-    graph_blocks(model, family, graphed)   # host-bound blocks as CUDA graphs (docs/benchmarks.md)
+    graph_blocks(model, family, graphed,   # host-bound blocks as CUDA graphs (docs/benchmarks.md)
+                 accumulate=targs.gradient_accumulation_steps > 1)
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,

@@ -121,13 +121,16 @@ class CogipTrainer(Trainer):
         return (total, {"logits": logits}) if return_outputs else total
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        if "loss" in logs and self._tokens:   # per-token means since the last log, over every rank's tokens
-            sums = torch.cat([self._parts, self._parts.new_tensor([self._tokens])])
-            if self.accelerator.num_processes > 1:   # every rank logs at the same steps
+        many = self.accelerator.num_processes > 1
+        if "loss" in logs and (self._tokens or many):   # per-token means since the last log, over every rank's tokens
+            parts = self._parts if self._parts is not None else torch.zeros(2, device=self.args.device)
+            sums = torch.cat([parts, parts.new_tensor([self._tokens])])
+            if many:   # every rank logs at the same steps, so every rank joins, even one that saw no tokens
                 sums = self.accelerator.reduce(sums, reduction="sum")
             regular, numeric, tokens = sums.tolist()
-            logs["loss_regular"] = round(regular / tokens, 5)
-            logs["loss_numeric"] = round(numeric / tokens, 5)
+            if tokens:
+                logs["loss_regular"] = round(regular / tokens, 5)
+                logs["loss_numeric"] = round(numeric / tokens, 5)
             self._parts, self._tokens = None, 0
         super().log(logs, *args, **kwargs)
 
