@@ -22,3 +22,5 @@ if rank == 1:   # one replica drifts: the check must see it
         next(p for p in trainer.model.parameters() if p.requires_grad).add_(1e-3)
 torch.save({"logs": record.logs, "grads": record.grads, "agree": agree_after_training,
             "agree_after_nudge": ranks_agree(trainer.model, trainer.args)}, f"{prefix}.rank{rank}.pt")
+torch.distributed.barrier()   # as cogip.train.sft.main does: else gloo's threads may abort the process at exit
+torch.distributed.destroy_process_group()
