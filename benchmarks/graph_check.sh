@@ -25,7 +25,6 @@ for parts in none language; do
   env MODEL_ID="$W/models/llama" DATA_PATH="$W/bench/cognition_training.json" REPORT_TO=none NUM_GPUS=1 \
     IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=$((4 * ${ACCUM:-1})) PER_DEVICE_BATCH=4 LAUNCHER=torchrun \
     GRAPH_PARTS=$parts OUTPUT_DIR="$W/$parts" bash sft/llama/finetune_lora.sh --max_steps $steps --save_strategy no \
-    $([ "${ACCUM:-1}" -gt 1 ] && echo --graph_parts_accumulate True) \
     --lora_dropout 0 --disable_tqdm True > "$W/$parts.log" 2>&1
   grep "cogip sft:" "$W/$parts.log"
 done

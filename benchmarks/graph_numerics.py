@@ -11,6 +11,16 @@ difference between graphed and eager training is rounding, not the compiler.
 
     python benchmarks/graph_numerics.py --out DIR                 # GPU if there is one
     python benchmarks/graph_numerics.py --out DIR --cpu --layers 2 --steps 2   # the CPU smoke
+    python benchmarks/graph_numerics.py --out DIR --accumulate 2 --variants "float32 eager" \
+        "float32 graphed" "autocast eager" "autocast graphed" "autocast graphed nocopy"
+
+`--accumulate N`: each step accumulates N micro-batches of 4 (other images), as the launcher's
+gradient accumulation does; the first step's per-micro-batch losses and every step's gradient norm
+are recorded too. Variants: `<float32|bfloat16|autocast> <eager|graphed>[ nocopy][ markstep]` (or with
+hyphens for spaces, as in `float32-graphed`, which survive a shell variable);
+autocast = float32 weights under bf16 autocast (the one-GPU launcher's setting), nocopy = graphed
+without the gradient copies that accumulation needs (`graph_blocks(accumulate=False)`), markstep =
+`torch.compiler.cudagraph_mark_step_begin()` before every micro-batch.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_bench import batch_rows  # noqa: E402
 
+from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
 from cogip.models.blocks import graph_blocks  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
@@ -34,27 +45,41 @@ from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
 
 
-def train(config, tiny, batch, numbers, dtype, graphed: bool, steps: int, device: str) -> list[float]:
+def train(config, tiny, batches, numbers, variant: str, steps: int, device: str) -> dict:
+    """Train `steps` steps of len(batches) accumulated micro-batches; {losses, grad_norms, first_micro_losses}."""
     fam = FAMILIES["llama"]
+    words = variant.split()
+    autocast = words[0] == "autocast"
+    dtype = torch.float32 if autocast else getattr(torch, words[0])
     torch.manual_seed(0)   # the same weights for every run (drawn in float32, then cast)
     model = fam.model_cls()._from_config(config, dtype=torch.float32).to(device=device, dtype=dtype)
     model.config.use_cache = False
     model = prepare_trainable(model, fam, ModelArguments(model_id=str(tiny), lora_dropout=0.0), fp32_adapters=False)
-    if graphed:
-        graph_blocks(model, fam, "language")   # on a CPU: compiled, no graphs
+    if words[1] == "graphed":   # on a CPU: compiled, no graphs
+        graph_blocks(model, fam, "language", accumulate=len(batches) > 1 and "nocopy" not in words)
     model.train()
     loss_fn = SoftLabelLoss(numbers).to(device)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=9e-5)
-    losses = []
-    for _ in range(steps):
-        logits, targets = supervised_logits(model, batch)
-        loss = loss_fn(logits, targets)[0]
-        loss.backward()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=9e-5)
+    run = {"losses": [], "grad_norms": [], "first_micro_losses": []}
+    for step in range(steps):
+        total = 0.0
+        for batch in batches:
+            if "markstep" in words:
+                torch.compiler.cudagraph_mark_step_begin()
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                logits, targets = supervised_logits(model, batch)
+                loss = loss_fn(logits, targets)[0] / len(batches)
+            loss.backward()
+            total += float(loss.detach())
+            if step == 0:
+                run["first_micro_losses"].append(round(float(loss.detach()) * len(batches), 4))
+        run["grad_norms"].append(round(float(torch.nn.utils.clip_grad_norm_(params, float("inf"))), 4))
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(round(float(loss.detach()), 4))
+        run["losses"].append(round(total, 4))
     torch.compiler.reset()
-    return losses
+    return run
 
 
 def main():
@@ -63,6 +88,9 @@ def main():
     p.add_argument("--layers", type=int, default=16)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches of 4 per step")
+    p.add_argument("--variants", nargs="+", default=["float32 eager", "float32 graphed", "bfloat16 eager",
+                                                     "bfloat16 graphed"])
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -76,20 +104,25 @@ def main():
     text.num_hidden_layers, text.cross_attention_layers = a.layers, [min(1, a.layers - 1)]
     text.hidden_size, text.intermediate_size, text.head_dim = 1024, 4096, 128
     text.num_attention_heads, text.num_key_value_heads = 8, 2
-    batch = SFTCollator(fam, processor)(batch_rows(out, 4, 56, 56))
-    batch = {k: v.to(device) for k, v in batch.items()}
+    rows = batch_rows(out, 4 * a.accumulate, 56, 56)
+    for i, (row, dim) in enumerate(zip(rows, list(DIMENSIONS.values()) * a.accumulate)):
+        row["answer"] = dim.format_answer(dim.low + (0.577 + 0.1 * (i // 4)) % 1 * dim.span)   # micro-batches differ
+    collate = SFTCollator(fam, processor)
+    batches = [{k: v.to(device) for k, v in collate(rows[i:i + 4]).items()} for i in range(0, len(rows), 4)]
     numbers = NumberTokens.from_tokenizer(processor.tokenizer, text.vocab_size)
     runs = {}
-    for dtype in (torch.float32, torch.bfloat16):
-        for graphed in (False, True):
-            name = f"{str(dtype).removeprefix('torch.')} {'graphed' if graphed else 'eager'}"
-            runs[name] = train(config, tiny, batch, numbers, dtype, graphed, a.steps, device)
-            print(name, runs[name], flush=True)
-    reference = runs["float32 eager"]
+    a.variants = [v.replace("-", " ") for v in a.variants]
+    for variant in a.variants:
+        runs[variant] = train(config, tiny, batches, numbers, variant, a.steps, device)
+        print(variant, runs[variant], flush=True)
+    reference = runs[a.variants[0]]["losses"]
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "layers": a.layers, "losses": runs,
-              "max_abs_from_float32_eager": {k: max(abs(x - y) for x, y in zip(v, reference)) for k, v in runs.items()}}
-    print(json.dumps(result["max_abs_from_float32_eager"], indent=1))
+              "layers": a.layers, "accumulate": a.accumulate, "losses": {k: v["losses"] for k, v in runs.items()},
+              "grad_norms": {k: v["grad_norms"] for k, v in runs.items()},
+              "first_micro_losses": {k: v["first_micro_losses"] for k, v in runs.items()},
+              f"max_abs_from_{a.variants[0].replace(' ', '_')}":
+                  {k: max(abs(x - y) for x, y in zip(v["losses"], reference)) for k, v in runs.items()}}
+    print(json.dumps({k: v for k, v in result.items() if k.startswith("max_abs")}, indent=1))
     (out / "graph_numerics.json").write_text(json.dumps(result, indent=2))
 
 

@@ -45,8 +45,7 @@ python3 -m cogip.cli models tiny "$W/models" --family llama --nest
 lcommon=(MODEL_ID="$W/models/llama" DATA_PATH="$W/bench/cognition_training.json" REPORT_TO=none GRAPH_PARTS=language
          IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=8 PER_DEVICE_BATCH=4)
 largs=(--max_steps 4 --save_strategy no --learning_rate 1e-3 --lora_dropout 0)
-env "${lcommon[@]}" NUM_GPUS=1 OUTPUT_DIR="$W/llama_1gpu" bash sft/llama/finetune_lora.sh "${largs[@]}" \
-  --graph_parts_accumulate True
+env "${lcommon[@]}" NUM_GPUS=1 OUTPUT_DIR="$W/llama_1gpu" bash sft/llama/finetune_lora.sh "${largs[@]}"
 env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2" bash sft/llama/finetune_lora.sh "${largs[@]}"
 env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp" bash sft/llama/finetune_lora.sh "${largs[@]}"
 python3 - "$W" <<'PY'
@@ -62,14 +61,14 @@ for run in ("llama_1gpu", "llama_zero2", "llama_ddp"):
     assert info["ranks_agree"] is True and len(runs[run]) == 4
 def gap(a, b):
     return max(abs(x - y) / abs(x) for x, y in zip(runs[a], runs[b]))
-# ZeRO-2 and DDP see the same batches; both within 1e-3 of each other. One GPU accumulating two micro-batches
-# of 4 over graphed blocks (which the trainer refuses unless asked) logged losses ~2% off in this check's
-# first GPU run (2026-11-28), where the same run on a CPU matches the two GPUs: not yet explained; 10% still
-# catches a loss scaled by the rank count, as Llama's was.
+# The three runs see the same 8 samples a step. ZeRO-2 (bf16 weights) and DDP agree within 1e-3; one GPU
+# accumulating two micro-batches of 4 (float32 masters under autocast, as DDP) within 1e-2 of both, which
+# catches a loss scaled by the rank count (Llama's was) and a step of other samples (2.3% off: one process on
+# this two-GPU node once trained Trainer's DataParallel micro-batches of 8).
 print(f"ZeRO-2 vs DDP: {gap('llama_zero2', 'llama_ddp'):.2e}; vs one GPU: ZeRO-2 {gap('llama_1gpu', 'llama_zero2'):.2e}, "
       f"DDP {gap('llama_1gpu', 'llama_ddp'):.2e} (largest relative loss differences)")
 assert gap("llama_zero2", "llama_ddp") < 1e-3
-assert gap("llama_1gpu", "llama_zero2") < 0.1 and gap("llama_1gpu", "llama_ddp") < 0.1
+assert gap("llama_1gpu", "llama_zero2") < 1e-2 and gap("llama_1gpu", "llama_ddp") < 1e-2
 PY
 fi
 want eval || exit 0

@@ -273,8 +273,8 @@ def test_graphed_gradients_copied_only_when_accumulating(tiny_models):
 
 
 def test_graph_parts_refused_where_they_cannot_run():
-    """--graph_parts is one error line over checkpointed parts, under ZeRO-3 or FSDP, and when accumulating on
-    a GPU unless asked for (not yet shown to train like eager there)."""
+    """--graph_parts is one error line over checkpointed parts, and under ZeRO-3 or FSDP; gradient accumulation
+    is allowed (the graphed blocks' gradients are copied: test_graphed_gradients_copied_only_when_accumulating)."""
     from transformers import TrainingArguments
     from cogip.train.sft import ModelArguments, graph_parts_that_run
     targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
@@ -286,11 +286,24 @@ def test_graph_parts_refused_where_they_cannot_run():
     with pytest.raises(CogipError, match="cannot run under ZeRO-3 or FSDP"):
         graph_parts_that_run(ModelArguments(graph_parts="language"), fsdp)
     accumulating = TrainingArguments(output_dir="unused", use_cpu=True, gradient_accumulation_steps=2, report_to=[])
-    with pytest.raises(CogipError, match="gradient accumulation \\(2 micro-batches\\) is not yet shown"):
-        graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=True)
-    asked = ModelArguments(graph_parts="language", graph_parts_accumulate=True)
-    assert graph_parts_that_run(asked, accumulating, on_gpu=True) == {"language"}
-    assert graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating, on_gpu=False) == {"language"}
+    assert graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating) == {"language"}
+
+
+def test_one_process_on_a_multi_gpu_node_trains_its_own_batch(tiny_models, synth_bench, tmp_path, capfd):
+    """One process that sees two GPUs (NUM_GPUS=1 on a larger node): Trainer's own mode there is DataParallel,
+    with micro-batches of per-device batch x GPUs, all of which this trainer would run on one GPU. The trainer
+    keeps to one GPU and the asked batch instead, and says so."""
+    from transformers import HfArgumentParser, TrainingArguments
+    from cogip.train.sft import DataArguments, LossArguments, ModelArguments, build_trainer
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
+    margs, dargs, largs, targs = parser.parse_args_into_dataclasses(_args(tiny_models["qwen"], synth_bench, tmp_path))
+    assert targs.n_gpu == 0
+    targs._n_gpu = 2   # what TrainingArguments finds on a node with two GPUs and no torchrun
+    assert targs.train_batch_size == 8
+    trainer = build_trainer(margs, dargs, largs, targs)
+    assert trainer.args.n_gpu == 1 and trainer.args.train_batch_size == 4
+    assert next(iter(trainer.get_train_dataloader()))["input_ids"].shape[0] == 4
+    assert "one process sees 2 GPUs" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("cast", [True, False])

@@ -59,9 +59,6 @@ class ModelArguments:
         "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
                 "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
                 "sequences are then padded to a multiple of 64)"})
-    graph_parts_accumulate: bool = field(default=False, metadata={
-        "help": "allow --graph_parts with gradient accumulation on a GPU, for checking it (benchmarks/graph_check.sh "
-                "ACCUM=2): its first run there logged losses ~2%% from the same step unaccumulated (docs/benchmarks.md)"})
     cast_vision_norms: bool = field(default=True, metadata={
         "help": "under autocast, cast the vision blocks' float32 norm outputs to bf16 once, not once per linear layer "
                 "they feed (the same forward, less memory; False: the layers' input gradients summed in float32)"})
@@ -124,15 +121,12 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
 
 
-def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments, on_gpu: bool | None = None) -> set[str]:
+def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
     """The parts to replay as CUDA graphs (--graph_parts); an error where they cannot run here. A graph replays
-    fixed parameter addresses and one forward: no recomputation, no gathering. Nor, on a GPU, gradient accumulation unless asked for
-    (--graph_parts_accumulate): its first GPU run logged losses ~2% from the same step run unaccumulated on
-    two GPUs and on a CPU, not yet explained (docs/benchmarks.md, thirteenth round)."""
+    fixed parameter addresses and one forward: no recomputation, no gathering."""
     graphed = parse_parts(margs.graph_parts, "graph parts")
     if not graphed:
         return graphed
-    on_gpu = (torch.cuda.is_available() and not targs.use_cpu) if on_gpu is None else on_gpu
     both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
     if both:
         raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
@@ -140,11 +134,19 @@ def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments, on_gpu
     if targs.fsdp or is_deepspeed_zero3_enabled():
         raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
                          "use ZeRO-2 or no sharding")
-    if on_gpu and targs.gradient_accumulation_steps > 1 and not margs.graph_parts_accumulate:
-        raise CogipError(f"--graph_parts with gradient accumulation ({targs.gradient_accumulation_steps} micro-batches) "
-                         f"is not yet shown to train like eager on a GPU; set the global batch to the GPUs' per-device "
-                         f"batches (accumulation 1), or GRAPH_PARTS=none")
     return graphed
+
+
+def one_gpu_per_process(targs: TrainingArguments) -> None:
+    """Keep a single process that sees several GPUs (e.g. NUM_GPUS=1 on a larger node) to one of them.
+
+    There Trainer would take torch's DataParallel: micro-batches of per-device batch x GPUs, split over the GPUs
+    by the wrapper's forward, which supervised_logits runs past, so all of it would run on one GPU: twice (or
+    n times) the samples per step the run asked for, and a throughput computed for the asked ones."""
+    if targs.n_gpu > 1:
+        print(f"cogip sft: one process sees {targs.n_gpu} GPUs and trains on {targs.device} alone; for data "
+              f"parallelism launch one process per GPU (NUM_GPUS={targs.n_gpu})", file=sys.stderr, flush=True)
+        targs._n_gpu = 1
 
 
 def fp32_master_weights(model, args: TrainingArguments) -> None:
@@ -272,6 +274,7 @@ def _begin_timeline(family: Family, model):
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
+    one_gpu_per_process(targs)
     parse_part_blocks(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     parse_keep(margs.checkpoint_keep)
     graphed = graph_parts_that_run(margs, targs)
