@@ -185,7 +185,7 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
 
 
 @pytest.mark.parametrize("family,gpus,env,expected", [
-    ("llama", 1, {}, "none"), ("llama", 1, {"GRAPH_PARTS": "language"}, "language"),
+    ("llama", 1, {}, "language"), ("llama", 1, {"GRAPH_PARTS": "none"}, "none"),
     ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "none"), ("qwen", 1, {}, "none"),
     ("qwen", 1, {"GRAPH_PARTS": "language"}, "language"), ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
 def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
@@ -198,6 +198,8 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     if env.get("LAUNCHER") == "torchrun":   # a second run on the same host rendezvous elsewhere
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
     assert args[args.index("--graph_parts") + 1] == expected
+    # a family default steps aside where graphs cannot run; a value the user set fails there instead
+    assert args[args.index("--graph_parts_fallback") + 1] == ("False" if "GRAPH_PARTS" in env else "True")
     # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
     one_gpu_zero = family == "qwen"
@@ -272,9 +274,10 @@ def test_graphed_gradients_copied_only_when_accumulating(tiny_models):
         assert hooked and set(hooked) == {accumulate}
 
 
-def test_graph_parts_refused_where_they_cannot_run():
-    """--graph_parts is one error line over checkpointed parts, and under ZeRO-3 or FSDP; gradient accumulation
-    is allowed (the graphed blocks' gradients are copied: test_graphed_gradients_copied_only_when_accumulating)."""
+def test_graph_parts_refused_where_they_cannot_run(capsys):
+    """--graph_parts is one error line over checkpointed parts, and under ZeRO-3 or FSDP, or with
+    --graph_parts_fallback one printed line and no graphs; gradient accumulation is allowed (the graphed blocks'
+    gradients are copied: test_graphed_gradients_copied_only_when_accumulating)."""
     from transformers import TrainingArguments
     from cogip.train.sft import ModelArguments, graph_parts_that_run
     targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
@@ -287,6 +290,9 @@ def test_graph_parts_refused_where_they_cannot_run():
         graph_parts_that_run(ModelArguments(graph_parts="language"), fsdp)
     accumulating = TrainingArguments(output_dir="unused", use_cpu=True, gradient_accumulation_steps=2, report_to=[])
     assert graph_parts_that_run(ModelArguments(graph_parts="language"), accumulating) == {"language"}
+    # the launchers' family default: no graphs where they cannot run, and one line that says why
+    assert graph_parts_that_run(ModelArguments(graph_parts="language", graph_parts_fallback=True), fsdp) == set()
+    assert "training without CUDA graphs: --graph_parts cannot run under ZeRO-3 or FSDP" in capsys.readouterr().err
 
 
 def test_one_process_on_a_multi_gpu_node_trains_its_own_batch(tiny_models, synth_bench, tmp_path, capfd):

@@ -59,6 +59,9 @@ class ModelArguments:
         "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
                 "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
                 "sequences are then padded to a multiple of 64)"})
+    graph_parts_fallback: bool = field(default=False, metadata={
+        "help": "where --graph_parts cannot run (its parts checkpointed, ZeRO-3, FSDP), train without CUDA graphs and "
+                "say so instead of failing (the launchers' family defaults; an explicit GRAPH_PARTS fails)"})
     cast_vision_norms: bool = field(default=True, metadata={
         "help": "under autocast, cast the vision blocks' float32 norm outputs to bf16 once, not once per linear layer "
                 "they feed (the same forward, less memory; False: the layers' input gradients summed in float32)"})
@@ -122,19 +125,25 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
 
 
 def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
-    """The parts to replay as CUDA graphs (--graph_parts); an error where they cannot run here. A graph replays
-    fixed parameter addresses and one forward: no recomputation, no gathering."""
+    """The parts to replay as CUDA graphs: --graph_parts, unless they cannot run here, which is an error, or with
+    --graph_parts_fallback a printed line and no graphs. A graph replays fixed parameter addresses and one
+    forward: no recomputation, no gathering."""
     graphed = parse_parts(margs.graph_parts, "graph parts")
     if not graphed:
         return graphed
     both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
+    problem = None
     if both:
-        raise CogipError(f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
-                         f"checkpoint other parts (--checkpoint_parts) or graph fewer")
-    if targs.fsdp or is_deepspeed_zero3_enabled():
-        raise CogipError("--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); "
-                         "use ZeRO-2 or no sharding")
-    return graphed
+        problem = (f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
+                   f"checkpoint other parts (--checkpoint_parts) or graph fewer")
+    elif targs.fsdp or is_deepspeed_zero3_enabled():
+        problem = "--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); use ZeRO-2 or no sharding"
+    if problem is None:
+        return graphed
+    if not margs.graph_parts_fallback:
+        raise CogipError(problem)
+    print(f"cogip sft: training without CUDA graphs: {problem}", file=sys.stderr, flush=True)
+    return set()
 
 
 def one_gpu_per_process(targs: TrainingArguments) -> None:

@@ -11,11 +11,11 @@ DEFAULT_SOFT_ETA=0.08
 # On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks:
 # 0.98 -> 0.87 s a step with GRAPH_PARTS=language on one H200, peak 51.8 -> 68.3 GiB (70.2 reserved).
 DEFAULT_CHECKPOINT_PARTS=vision
-# GRAPH_PARTS=language replays the host-bound LoRA language layers as CUDA graphs: 3.24 -> 4.10 samples/s
-# through this launcher at real size on one H200, and in float32 they train as eager ones do on a GPU
-# (docs/benchmarks.md, thirteenth round). Not yet the default, nor allowed with gradient accumulation (this
-# launcher's 32 micro-batches a step on one GPU): its first accumulated GPU run logged losses ~2% off, not yet
-# explained; until then graphs need GLOBAL_BATCH=4 per GPU (ACCUM=2 bash benchmarks/graph_check.sh checks it).
+# One GPU: the host-bound LoRA language layers replayed as CUDA graphs (GRAPH_PARTS=none to switch off): at real
+# size on one H200, accumulating 4 micro-batches, 3.57 -> 4.28 samples/s and peak 53.8 -> 45.4 GiB; the same
+# first-step loss as eager, and in float32 the same training (docs/benchmarks.md, fourteenth round). Not yet the
+# default on several GPUs (graphs with ZeRO-2 and accumulation not yet measured there).
+DEFAULT_ONE_GPU_GRAPH_PARTS=language
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
