@@ -112,12 +112,19 @@ def main():
     numbers = NumberTokens.from_tokenizer(processor.tokenizer, text.vocab_size)
     runs = {}
     a.variants = [v.replace("-", " ") for v in a.variants]
+    failed = {}   # a variant that fails (e.g. nocopy: graphs overwrite accumulated gradients) is recorded
     for variant in a.variants:
-        runs[variant] = train(config, tiny, batches, numbers, variant, a.steps, device)
+        try:
+            runs[variant] = train(config, tiny, batches, numbers, variant, a.steps, device)
+        except RuntimeError as e:
+            failed[variant] = str(e).splitlines()[0][:300]
+            torch.compiler.reset()
+            print(variant, "failed:", failed[variant], flush=True)
+            continue
         print(variant, runs[variant], flush=True)
     reference = runs[a.variants[0]]["losses"]
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-              "layers": a.layers, "accumulate": a.accumulate, "losses": {k: v["losses"] for k, v in runs.items()},
+              "layers": a.layers, "accumulate": a.accumulate, "failed": failed, "losses": {k: v["losses"] for k, v in runs.items()},
               "grad_norms": {k: v["grad_norms"] for k, v in runs.items()},
               "first_micro_losses": {k: v["first_micro_losses"] for k, v in runs.items()},
               f"max_abs_from_{a.variants[0].replace(' ', '_')}":
