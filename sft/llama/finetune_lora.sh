@@ -11,10 +11,11 @@ DEFAULT_SOFT_ETA=0.08
 # On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks:
 # 0.98 -> 0.87 s a step with GRAPH_PARTS=language on one H200, peak 51.8 -> 68.3 GiB (70.2 reserved).
 DEFAULT_CHECKPOINT_PARTS=vision
-# One GPU: the host-bound LoRA language layers replayed as CUDA graphs (GRAPH_PARTS=none to switch off): at real
-# size on one H200, accumulating 4 micro-batches, 3.57 -> 4.28 samples/s and peak 53.8 -> 45.4 GiB; the same
-# first-step loss as eager, and in float32 the same training (docs/benchmarks.md, fourteenth round). Not yet the
-# default on several GPUs (graphs with ZeRO-2 and accumulation not yet measured there).
+# One GPU: the host-bound LoRA language layers replayed as CUDA graphs (GRAPH_PARTS=none to switch off). With
+# this launcher's defaults at real size on one H200 (32 micro-batches a step): 3.38 -> 4.08 samples/s, peak
+# 57.4 -> 49.4 GiB; the same first-step loss as eager, and (16-layer model) closer to float32 training than eager bf16
+# (docs/benchmarks.md, fourteenth round). Not yet the default on several GPUs, where it is not yet measured
+# with accumulation.
 DEFAULT_ONE_GPU_GRAPH_PARTS=language
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
