@@ -16,11 +16,10 @@ difference between graphed and eager training is rounding, not the compiler.
 
 `--accumulate N`: each step accumulates N micro-batches of 4 (other images), as the launcher's
 gradient accumulation does; the first step's per-micro-batch losses and every step's gradient norm
-are recorded too. Variants: `<float32|bfloat16|autocast> <eager|graphed>[ nocopy][ markstep]` (or with
+are recorded too. Variants: `<float32|bfloat16|autocast> <eager|graphed>[ nocopy]` (or with
 hyphens for spaces, as in `float32-graphed`, which survive a shell variable);
 autocast = float32 weights under bf16 autocast (the one-GPU launcher's setting), nocopy = graphed
-without the gradient copies that accumulation needs (`graph_blocks(accumulate=False)`), markstep =
-`torch.compiler.cudagraph_mark_step_begin()` before every micro-batch.
+without the gradient copies that accumulation needs (`graph_blocks(accumulate=False)`).
 """
 
 from __future__ import annotations
@@ -65,15 +64,14 @@ def train(config, tiny, batches, numbers, variant: str, steps: int, device: str)
     for step in range(steps):
         total = 0.0
         for batch in batches:
-            if "markstep" in words:
-                torch.compiler.cudagraph_mark_step_begin()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
                 logits, targets = supervised_logits(model, batch)
                 loss = loss_fn(logits, targets)[0] / len(batches)
             loss.backward()
-            total += float(loss.detach())
+            micro = float(loss.detach())
+            total += micro
             if step == 0:
-                run["first_micro_losses"].append(round(float(loss.detach()) * len(batches), 4))
+                run["first_micro_losses"].append(round(micro * len(batches), 4))
         run["grad_norms"].append(round(float(torch.nn.utils.clip_grad_norm_(params, float("inf"))), 4))
         opt.step()
         opt.zero_grad(set_to_none=True)
