@@ -21,3 +21,14 @@ def exit_code(prog: str, fn, *args, **kwargs) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def require(requirement: str, why: str) -> None:
+    """An installed package older than the code needs: one line naming it (e.g. "transformers>=5.23"),
+    instead of an unknown-argument error deep inside the run."""
+    from transformers.utils.versions import require_version
+    try:
+        require_version(requirement)
+    except ImportError as e:
+        found = str(e).splitlines()[0].split("but found ")[-1].rstrip(".")
+        raise CogipError(f"needs {requirement} ({why}); found {found}: pip install -U '{requirement}'") from None

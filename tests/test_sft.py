@@ -367,6 +367,20 @@ def test_liger_without_the_package_is_one_clear_error(tiny_models, synth_bench, 
         run(_args(tiny_models["gemma"], synth_bench, tmp_path / "liger", "--use_liger_kernel", "True"))
 
 
+def test_transformers_too_old_is_one_clear_line(tiny_models, synth_bench, tmp_path, monkeypatch, capsys):
+    import tomllib
+    import cogip
+    from cogip.train import sft
+    deps = tomllib.loads(Path(cogip.__file__).parents[1].joinpath("pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(d.startswith(cogip.TRANSFORMERS_FLOOR + ",") for d in deps), deps   # one floor, stated once in code
+    # a floor above the installed version (as with 5.17, which lacks --activation_checkpointing): one line, exit 2
+    monkeypatch.setattr(sft, "TRANSFORMERS_FLOOR", "transformers>=99.0")
+    assert sft.main(_args(tiny_models["qwen"], synth_bench, tmp_path / "old")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs transformers>=99.0" in err and "found transformers==" in err, err
+    assert not (tmp_path / "old").exists()
+
+
 FSDP2_BLOCKS = {"qwen": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"],
                 "llama": ["MllamaCrossAttentionDecoderLayer", "MllamaSelfAttentionDecoderLayer", "MllamaVisionEncoderLayer"],
                 "gemma": ["Gemma3DecoderLayer", "SiglipEncoderLayer"]}

@@ -20,7 +20,8 @@ from transformers import HfArgumentParser, TrainerCallback, TrainingArguments, s
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
-from ..errors import CogipError, exit_code
+from .. import TRANSFORMERS_FLOOR
+from ..errors import CogipError, exit_code, require
 from ..loss import KERNELS, NumberTokens, SoftLabelLoss
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
@@ -326,6 +327,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
 
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
+    require(TRANSFORMERS_FLOOR, "TrainingArguments.activation_checkpointing")
     parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
     margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
     resume = targs.resume_from_checkpoint
