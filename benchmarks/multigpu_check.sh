@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Two GPUs: ZeRO-2 SFT through sft/qwen/finetune_lora.sh (both ranks train; the checkpoint loads and
 # merges); FSDP2 LoRA SFT (the adapter loads, and a run resumed from its checkpoint ends where the straight
-# run ends); Llama with CUDA-graphed language blocks under ZeRO-2 and plain DDP against one GPU, which
-# accumulates (the same losses; the ranks end with the same weights); then the benchmark loop
+# run ends); Llama with CUDA-graphed language blocks under ZeRO-2 and plain DDP, with and without
+# accumulation on each rank, against one GPU, which accumulates (the same losses; the ranks end with the
+# same weights); then the benchmark loop
 # data-parallel vs one GPU (same records, same metrics). CHECKS="qwen llama eval" (the default) picks them;
 # without qwen, the evaluation scores the tiny base model.
 set -euxo pipefail
@@ -48,11 +49,16 @@ largs=(--max_steps 4 --save_strategy no --learning_rate 1e-3 --lora_dropout 0)
 env "${lcommon[@]}" NUM_GPUS=1 OUTPUT_DIR="$W/llama_1gpu" bash sft/llama/finetune_lora.sh "${largs[@]}"
 env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2" bash sft/llama/finetune_lora.sh "${largs[@]}"
 env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp" bash sft/llama/finetune_lora.sh "${largs[@]}"
+# graphs with accumulation on each rank: micro-batches of 2, two per step, the same 8 samples a step
+env "${lcommon[@]}" PER_DEVICE_BATCH=2 NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2_accum" \
+  bash sft/llama/finetune_lora.sh "${largs[@]}"
+env "${lcommon[@]}" PER_DEVICE_BATCH=2 NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp_accum" \
+  bash sft/llama/finetune_lora.sh "${largs[@]}"
 python3 - "$W" <<'PY'
 import json, sys
 w = sys.argv[1]
 runs = {}
-for run in ("llama_1gpu", "llama_zero2", "llama_ddp"):
+for run in ("llama_1gpu", "llama_zero2", "llama_ddp", "llama_zero2_accum", "llama_ddp_accum"):
     info = json.load(open(f"{w}/{run}/cogip_train.json"))
     logs = [r for r in json.load(open(f"{w}/{run}/log_history.json")) if "loss" in r]
     runs[run] = [r["loss"] for r in logs]
@@ -69,6 +75,11 @@ print(f"ZeRO-2 vs DDP: {gap('llama_zero2', 'llama_ddp'):.2e}; vs one GPU: ZeRO-2
       f"DDP {gap('llama_1gpu', 'llama_ddp'):.2e} (largest relative loss differences)")
 assert gap("llama_zero2", "llama_ddp") < 1e-3
 assert gap("llama_1gpu", "llama_zero2") < 1e-2 and gap("llama_1gpu", "llama_ddp") < 1e-2
+# each rank accumulating (graphed blocks replayed twice before a step) against the same runs without
+print(f"accumulating on 2 GPUs vs not: ZeRO-2 {gap('llama_zero2', 'llama_zero2_accum'):.2e}, "
+      f"DDP {gap('llama_ddp', 'llama_ddp_accum'):.2e}; vs one GPU {gap('llama_1gpu', 'llama_zero2_accum'):.2e}")
+assert gap("llama_zero2", "llama_zero2_accum") < 1e-2 and gap("llama_ddp", "llama_ddp_accum") < 1e-2
+assert gap("llama_1gpu", "llama_zero2_accum") < 1e-2
 PY
 fi
 want eval || exit 0
