@@ -12,7 +12,7 @@
 #                          vision=24: only the first 24 vision blocks, the rest keep their activations;
 #                          vision=9+31: the first 9 whole, the next 31 only their MLP)
 #             CHECKPOINT_KEEP (none, or attention: checkpointed blocks keep their attention outputs)
-#             GRAPH_PARTS (on one GPU the family's DEFAULT_ONE_GPU_GRAPH_PARTS, e.g. language for Llama, else none;
+#             GRAPH_PARTS (the family's DEFAULT_GRAPH_PARTS, e.g. language for Llama, else none;
 #                          language | vision | all: those blocks compiled and replayed as CUDA graphs; not with
 #                          their checkpointing, ZeRO-3 or FSDP: there a family default steps aside, with a printed
 #                          line, and an explicit value is an error)
@@ -35,14 +35,13 @@ if [ -n "$FSDP_CONFIG" ]; then   # one sharding engine per run
 fi
 if (( NUM_GPUS > 0 )); then
   # ZeRO-2 on several GPUs; on one, the family's measured choice (DEFAULT_ONE_GPU_DS, e.g. none for Llama)
-  # likewise CUDA-graphed parts: measured on one GPU only (DEFAULT_ONE_GPU_GRAPH_PARTS, e.g. language for Llama)
-  if (( NUM_GPUS > 1 )); then ds_default=$SFT_DIR/deepspeed/zero2.json; graph_default=none
-  else ds_default=${DEFAULT_ONE_GPU_DS-$SFT_DIR/deepspeed/zero2.json}; graph_default=${DEFAULT_ONE_GPU_GRAPH_PARTS:-none}; fi
+  if (( NUM_GPUS > 1 )); then ds_default=$SFT_DIR/deepspeed/zero2.json
+  else ds_default=${DEFAULT_ONE_GPU_DS-$SFT_DIR/deepspeed/zero2.json}; fi
   DS_CONFIG=${DS_CONFIG-$ds_default}
   device_args=(--bf16 True --activation_checkpointing "${GRADIENT_CHECKPOINTING:-True}" --dataloader_num_workers 4
                --checkpoint_parts "${CHECKPOINT_PARTS:-${DEFAULT_CHECKPOINT_PARTS:-all}}"
                --checkpoint_keep "${CHECKPOINT_KEEP:-${DEFAULT_CHECKPOINT_KEEP:-none}}"
-               --graph_parts "${GRAPH_PARTS:-$graph_default}"
+               --graph_parts "${GRAPH_PARTS:-${DEFAULT_GRAPH_PARTS:-none}}"
                --graph_parts_fallback "$([ -z "${GRAPH_PARTS:-}" ] && echo True || echo False)"
                --cast_vision_norms "${CAST_VISION_NORMS:-True}"
                --use_liger_kernel "${LIGER:-${DEFAULT_LIGER:-False}}"

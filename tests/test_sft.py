@@ -186,7 +186,7 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
 
 @pytest.mark.parametrize("family,gpus,env,expected", [
     ("llama", 1, {}, "language"), ("llama", 1, {"GRAPH_PARTS": "none"}, "none"),
-    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "none"), ("qwen", 1, {}, "none"),
+    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "language"), ("qwen", 1, {}, "none"),
     ("qwen", 1, {"GRAPH_PARTS": "language"}, "language"), ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
 def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
     # the GPU branch of sft/common.sh, its command printed instead of run

@@ -11,12 +11,12 @@ DEFAULT_SOFT_ETA=0.08
 # On cards with room, CHECKPOINT_PARTS=vision=12+28 recomputes only the MLP of the last 28 vision blocks:
 # 0.98 -> 0.87 s a step with GRAPH_PARTS=language on one H200, peak 51.8 -> 68.3 GiB (70.2 reserved).
 DEFAULT_CHECKPOINT_PARTS=vision
-# One GPU: the host-bound LoRA language layers replayed as CUDA graphs (GRAPH_PARTS=none to switch off). With
-# this launcher's defaults at real size on one H200 (32 micro-batches a step): 3.38 -> 4.08 samples/s, peak
-# 57.4 -> 49.4 GiB; the same first-step loss as eager, and (16-layer model) closer to float32 training than eager bf16
-# (docs/benchmarks.md, fourteenth round). Not yet the default on several GPUs, where it is not yet measured
-# with accumulation.
-DEFAULT_ONE_GPU_GRAPH_PARTS=language
+# The host-bound LoRA language layers replayed as CUDA graphs (GRAPH_PARTS=none to switch off); at real size
+# on H200s with 4 micro-batches of 4 per step on each GPU: one GPU 4.38 samples/s, two (ZeRO-2) 7.18 -> 8.32
+# (peak 43.1 -> 39.5 GiB); one GPU with this launcher's 32 micro-batches 3.38 -> 4.08. The same first-step
+# loss as eager, and (16-layer model) closer to float32 training than eager bf16 (docs/benchmarks.md,
+# fourteenth and fifteenth rounds).
+DEFAULT_GRAPH_PARTS=language
 # One GPU: no DeepSpeed (ZeRO shards nothing there): a real-size step 1.39 s against ZeRO-2's 1.74 s, the
 # same losses; the trainer keeps fp32 master weights itself (docs/benchmarks.md, eleventh round).
 DEFAULT_ONE_GPU_DS=""
