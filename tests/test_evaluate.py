@@ -211,6 +211,47 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
         assert gathered["Aesthetics"][key] == (pytest.approx(value, rel=1e-5) if numbers else value), key
 
 
+def test_data_parallel_evaluation_in_two_processes(trained, synth_bench, tmp_path):
+    """Two gloo processes (torchrun on the CPU): each answers its share into its own records file, rank 0
+    gathers them, and the metrics are the one-process run's; both processes exit cleanly."""
+    args = ["-m", "cogip.evaluate.bench", "--model-id", str(trained["qwen"]), "--test-dir",
+            str(synth_bench / "test_msg_file"), "--image-root", str(synth_bench / "cognition/cognition_images"),
+            "--dims", "Aesthetics", "Funniness", "--batch-size", "3", "--mode", "expected", "--dtype", "float32",
+            "--min-pixels", "7056", "--max-pixels", "7056"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29651", *args, "--out", str(tmp_path / "two")], capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-2000:]
+    timing = json.loads((tmp_path / "two" / "timing.json").read_text())
+    assert timing["processes"] == 2 and timing["items"] == 16 and timing["rank0"]["items"] == 8
+    for dim in ("Aesthetics", "Funniness"):
+        assert sorted(p.name for p in (tmp_path / "two" / dim).glob("records*")) == ["records.rank0.jsonl",
+                                                                                     "records.rank1.jsonl"]
+        a, b = (json.loads((tmp_path / run / dim / "metrics.json").read_text()) for run in ("one", "two"))
+        assert a["n"] == b["n"] == 8 and b["spearman"] == pytest.approx(a["spearman"], rel=1e-5, abs=1e-9)
+        assert b["mae"] == pytest.approx(a["mae"], rel=1e-5)
+
+
+def test_processes_that_do_not_see_each_other_stop(tmp_path, monkeypatch, capsys):
+    """A launch of two processes that accelerate runs as one each would answer every item into the same files."""
+    import accelerate
+    from cogip.evaluate import bench
+
+    class Alone:
+        num_processes, device = 1, "cpu"
+
+        def __init__(self, cpu=False):
+            pass
+
+    monkeypatch.setattr(accelerate, "PartialState", Alone)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert bench.main(["--model-id", "unused", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "launched as one of 2 processes, but accelerate runs 1" in err, err
+    assert not (tmp_path / "out").exists()
+
+
 class Counting:
     """A scorer that records each batch it answers: (batch size, dimension names)."""
 

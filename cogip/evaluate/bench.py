@@ -402,18 +402,31 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(a) -> None:
     import torch
     from accelerate import PartialState
-    state = PartialState()
+    # on CPUs accelerate runs the processes of a launch (torchrun) together only when asked (gloo)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:   # else each would answer every item into the same files
+        raise CogipError(f"launched as one of {launched} processes, but accelerate runs {state.num_processes}; "
+                         f"launch with `accelerate launch --num_processes N` (NUM_GPUS=N in cog_test.sh)", file=a.out)
     dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
     from .scorer import Scorer
-    scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
-                         max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                         compile=a.compile)
-    run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
-                  accelerator=state if state.num_processes > 1 else None,
-                  run_info={"model_id": a.model_id, "base_model": a.base_model},
-                  num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
-                  pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
-                  profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
+    finished = False
+    try:
+        scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
+                             max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                             compile=a.compile)
+        run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
+                      accelerator=state if state.num_processes > 1 else None,
+                      run_info={"model_id": a.model_id, "base_model": a.base_model},
+                      num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
+                      pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
+                      profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
+        finished = True
+    finally:
+        if state.num_processes > 1:
+            if finished:   # rank 0 may still be writing the metrics: a rank closing first would abort it (gloo)
+                state.wait_for_everyone()
+            state.destroy_process_group()   # NCCL warns of leaked resources otherwise
 
 
 if __name__ == "__main__":
