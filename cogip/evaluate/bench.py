@@ -168,6 +168,23 @@ def _pinned_growth(before: dict, after: dict) -> dict:
     return out
 
 
+def _device_pool_stats() -> dict:
+    """The device caching allocator's cudaMalloc count and reserved bytes (empty without CUDA)."""
+    if not torch.cuda.is_available():
+        return {}
+    stats = torch.cuda.memory_stats()
+    return {"mallocs": stats.get("num_device_alloc", 0), "reserved": stats.get("reserved_bytes.all.current", 0)}
+
+
+def _device_pool_growth(before: dict, after: dict) -> dict:
+    """cudaMallocs during the run (each may wait for the device) and the pool's size after it; a pool that
+    still grows in the first batches is one suspect for their slowness (docs/benchmarks.md, fifteenth round)."""
+    if not after:
+        return {}
+    return {"device_mallocs": after["mallocs"] - before.get("mallocs", 0),
+            "device_reserved_gib": round(after["reserved"] / 2 ** 30, 2)}
+
+
 def _start_profile(path: Path, batches: int):
     """Starts torch.profiler if batches > 0; returns `stop()`, which writes its report (host operators, the
     CUDA runtime's calls, kernels) to path the first time it is called. For where a run's start-up goes."""
@@ -244,7 +261,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     started = time.perf_counter()
     # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    pinned_before = _pinned_stats()
+    pinned_before, device_before = _pinned_stats(), _device_pool_stats()
     loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
                                          num_workers=num_workers, pin_memory=pin_memory,
                                          prefetch_factor=prefetch if num_workers else None)
@@ -331,6 +348,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                      "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
                                                 "host_register": pin_memory and _host_register(),
                                                 **_pinned_growth(pinned_before, _pinned_stats())},
+                                     "device_pool": _device_pool_growth(device_before, _device_pool_stats()),
                                      **({"rank0": {"items": own["items"], "seconds": own["seconds"]},
                                          "other_ranks": ranks} if world > 1 else {})})
     summary = {}
