@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one device call (sections log to $OUT; one failing does not stop the rest).
+# Wheels in .whl/ (bash benchmarks/fetch_wheels.sh) are installed first: DeepSpeed, Liger, a transformers
+# at or above the floor where the machine's own is older.
 #   SECTIONS="loss eval multigpu" bash benchmarks/device_run.sh
 #   LANES="0=gemma 1=llama,evalvar 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
 #   LANES="0=gemma 1=scaling_prep" AFTER=scaling ...                           # then sections on all GPUs
