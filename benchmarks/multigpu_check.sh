@@ -45,15 +45,16 @@ if want llama; then
 python3 -m cogip.cli models tiny "$W/models" --family llama --nest
 lcommon=(MODEL_ID="$W/models/llama" DATA_PATH="$W/bench/cognition_training.json" REPORT_TO=none GRAPH_PARTS=language
          IMAGE_FOLDER="$W/bench/cognition/cognition_images" GLOBAL_BATCH=8 PER_DEVICE_BATCH=4)
-largs=(--max_steps 4 --save_strategy no --learning_rate 1e-3 --lora_dropout 0)
-env "${lcommon[@]}" NUM_GPUS=1 OUTPUT_DIR="$W/llama_1gpu" bash sft/llama/finetune_lora.sh "${largs[@]}"
-env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2" bash sft/llama/finetune_lora.sh "${largs[@]}"
-env "${lcommon[@]}" NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp" bash sft/llama/finetune_lora.sh "${largs[@]}"
+llama() {   # llama RUN [KEY=VALUE...]: the tiny Llama through its launcher into $W/RUN
+  env "${lcommon[@]}" "${@:2}" OUTPUT_DIR="$W/$1" bash sft/llama/finetune_lora.sh --max_steps 4 --save_strategy no \
+    --learning_rate 1e-3 --lora_dropout 0
+}
+llama llama_1gpu NUM_GPUS=1
+llama llama_zero2 NUM_GPUS=2 LAUNCHER=torchrun
+llama llama_ddp NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG=
 # graphs with accumulation on each rank: micro-batches of 2, two per step, the same 8 samples a step
-env "${lcommon[@]}" PER_DEVICE_BATCH=2 NUM_GPUS=2 LAUNCHER=torchrun OUTPUT_DIR="$W/llama_zero2_accum" \
-  bash sft/llama/finetune_lora.sh "${largs[@]}"
-env "${lcommon[@]}" PER_DEVICE_BATCH=2 NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= OUTPUT_DIR="$W/llama_ddp_accum" \
-  bash sft/llama/finetune_lora.sh "${largs[@]}"
+llama llama_zero2_accum NUM_GPUS=2 LAUNCHER=torchrun PER_DEVICE_BATCH=2
+llama llama_ddp_accum NUM_GPUS=2 LAUNCHER=torchrun DS_CONFIG= PER_DEVICE_BATCH=2
 python3 - "$W" <<'PY'
 import json, sys
 w = sys.argv[1]

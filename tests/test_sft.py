@@ -239,8 +239,7 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
         compiled = {part: [getattr(b, "_compiled_call_impl", None) is not None
                            for _, b, p in repeated_blocks(probe.model, FAMILIES["llama"]) if p == part]
                     for part in ("language", "vision")}
-        hooked = [bool(p._backward_hooks) for _, b, part in repeated_blocks(probe.model, FAMILIES["llama"])
-                  if part == "language" for p in b.parameters() if p.requires_grad]
+        hooked = _language_gradients_copied(probe.model)
         assert hooked and all(hooked) == (name == "graphs")
         runs[name] = probe.losses, compiled, trainer.data_collator
     (eager, eager_compiled, eager_collator), (graphs, graphs_compiled, collator) = runs["eager"], runs["graphs"]
@@ -259,18 +258,24 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
         run(_args(tiny_models["llama"], synth_bench, tmp_path / "bad", "--graph_parts", "decoder"))
 
 
+def _language_gradients_copied(model) -> list[bool]:
+    """For each trained parameter of Llama's language blocks: whether its gradient gets copied (a hook)."""
+    from cogip.models.blocks import repeated_blocks
+    return [bool(p._backward_hooks) for _, b, part in repeated_blocks(model, FAMILIES["llama"]) if part == "language"
+            for p in b.parameters() if p.requires_grad]
+
+
 def test_graphed_gradients_copied_only_when_accumulating(tiny_models):
     """Copies of a graphed block's parameter gradients (which its next replay overwrites) are made only where
     micro-batches accumulate into them; otherwise the optimizer consumes them first."""
-    from cogip.models.blocks import graph_blocks, repeated_blocks
+    from cogip.models.blocks import graph_blocks
     from cogip.train.sft import ModelArguments, prepare_trainable
     fam = FAMILIES["llama"]
     for accumulate in (False, True):
         model = prepare_trainable(fam.load_model(tiny_models["llama"], dtype=torch.float32), fam,
                                   ModelArguments(model_id="x"))
         assert graph_blocks(model, fam, "language", accumulate=accumulate) > 1
-        hooked = [bool(p._backward_hooks) for _, b, part in repeated_blocks(model, fam) if part == "language"
-                  for p in b.parameters() if p.requires_grad]
+        hooked = _language_gradients_copied(model)
         assert hooked and set(hooked) == {accumulate}
 
 

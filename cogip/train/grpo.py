@@ -14,11 +14,10 @@ from transformers import HfArgumentParser, set_seed
 from ..data.bench import read_training_json
 from ..data.images import check_images
 from ..dims import SCORE_RANGE
-from .. import TRANSFORMERS_FLOOR
-from ..errors import CogipError, exit_code, require
+from ..errors import CogipError, exit_code
 from ..models.blocks import autocast_vision_norms
 from ..parse import parse_answer
-from .sft import DataArguments, ModelArguments, fp32_master_weights, resolve_family
+from .sft import DataArguments, ModelArguments, fp32_master_weights, require_transformers, resolve_family
 
 UNPARSEABLE_REWARD = -0.5
 
@@ -51,7 +50,7 @@ def grpo_dataset(data_path: str, image_folder: str) -> datasets.Dataset:
 
 
 def run(argv: list[str] | None = None):
-    require(TRANSFORMERS_FLOOR, "TrainingArguments.activation_checkpointing")
+    require_transformers()
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
     margs, dargs, gargs = HfArgumentParser((ModelArguments, DataArguments, GRPOConfig)).parse_args_into_dataclasses(argv)

@@ -326,8 +326,13 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
                         callbacks=[CheckpointParts(family, margs.checkpoint_parts, margs.checkpoint_keep), *(callbacks or [])])
 
 
-def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
+def require_transformers() -> None:
+    """The trainers' (SFT, GRPO) one check of the installed transformers, before their arguments are parsed."""
     require(TRANSFORMERS_FLOOR, "TrainingArguments.activation_checkpointing")
+
+
+def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
+    require_transformers()
     parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
     margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
     resume = targs.resume_from_checkpoint
