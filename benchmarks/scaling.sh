@@ -22,8 +22,11 @@ else
   side=$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120); px=$((1008 * 1008)); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
 [ -d "$W/model" ] || $PY benchmarks/real_model.py --family "$FAMILY" "${model_args[@]}" "$W/model" || exit 1
-[ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" --size "$side" || exit 1
-common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/bench/cognition/cognition_images"
+# the bench's own images are small (one random stream draws them in order); its images at $side px are drawn
+# for its score lists, in parallel (each has a stream of its own), and resume where an earlier call stopped
+[ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" || exit 1
+$PY -m cogip.cli data synth "$W/images" --from-bench "$W/bench" --size "$side" || exit 1
+common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/images"
         REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
 sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed),
             # or FSDP_DIR (sft/fsdp) for names fsdp*
@@ -48,7 +51,7 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
     if [[ $x == --* ]]; then extra+=("$x"); else launcher_env+=("$x"); fi
   done
   echo "=== $run"
-  env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/bench/cognition/cognition_images" \
+  env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" \
     SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
     bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
   echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo

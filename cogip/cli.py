@@ -11,7 +11,7 @@ from .errors import CogipError
 def _data_synth(a) -> int:
     from .data.synth import synth_bench, synth_images_for
     if a.from_bench:
-        n = synth_images_for(a.from_bench, a.dir, seed=a.seed, size=a.size)
+        n = synth_images_for(a.from_bench, a.dir, seed=a.seed, size=a.size, workers=a.workers)
         print(f"drew {n} synthetic images for the score lists of {a.from_bench} under {a.dir}")
         return 0
     counts = synth_bench(a.dir, n_per_dim=a.n, n_train=a.n_train, seed=a.seed, size=a.size)
@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n-train", type=int, default=300, help="first N items of each dimension for training")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=84, help="image side in pixels")
+    s.add_argument("--workers", type=int, help="with --from-bench: drawing processes (default: every core, at most "
+                   "16); the images are the same for any number")
     s.add_argument("--from-bench", metavar="BENCH", help="instead: draw an image for every item of BENCH's "
                    "score lists into DIR/<Dim>/<file> (use DIR as --images for BENCH)")
     s.set_defaults(fn=_data_synth)

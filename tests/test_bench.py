@@ -153,3 +153,22 @@ def test_cli_build_and_synth(tmp_path):
     run = _cli("data", "build", tmp_path / "b")
     assert run.returncode == 2 and "Funniness/000002.jpg not found" in run.stderr and "Traceback" not in run.stderr
     assert len(read_training_json(tmp_path / "b" / "cognition_training.json")) == 32   # nothing half-written
+
+
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_images_do_not_depend_on_the_number_of_drawing_processes(synth_bench, tmp_path):
+    from cogip.data.synth import synth_images_for
+    for workers in (1, 2):   # 4 x 24 images: enough for the process pool (64 and up)
+        assert synth_images_for(synth_bench, tmp_path / f"img{workers}", size=48, workers=workers) == 96
+    one, two = _tree(tmp_path / "img1"), _tree(tmp_path / "img2")
+    assert len(one) == 96 and one == two and len(set(one.values())) == 96
+    assert sorted(one) == sorted(f"{d}/{i:06d}.jpg" for d in DIMENSION_NAMES for i in range(24))
+    # an interrupted drawing resumes: an image missing is drawn again, byte for byte; one there is kept
+    gone, kept = tmp_path / "img1" / "Memorability" / "000007.jpg", tmp_path / "img1" / "Aesthetics" / "000003.jpg"
+    gone.unlink()
+    kept.write_bytes(b"kept")
+    assert synth_images_for(synth_bench, tmp_path / "img1", size=48, workers=2) == 96
+    assert gone.read_bytes() == two["Memorability/000007.jpg"] and kept.read_bytes() == b"kept"
