@@ -27,6 +27,7 @@ graphs() {   # one GPU: CUDA-graphed language blocks through the SFT launcher (R
   local rc=0; WORK=/tmp/gc bash benchmarks/graph_check.sh || rc=$?
   for f in /tmp/gc/*.log; do cp "$f" "$RES/graphs_$(basename "$f")"; done; return $rc
 }
+probe() { python3 benchmarks/first_batch_probe.py --runs ${PROBE_RUNS:-default expandable default expandable} --out "$RES/first_batch_probe.json"; }
 breakdown() { python3 benchmarks/eval_breakdown.py ${BREAKDOWN_ARGS:-}; }   # e.g. BREAKDOWN_ARGS="--compile all --stream 6"
 sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
 numerics() { python3 benchmarks/graph_numerics.py --out "$RES/numerics" ${NUMERICS_ARGS:-}; }   # graphed vs eager training, fp32 and bf16
@@ -48,7 +49,7 @@ run_section() {
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
-    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs|numerics) section "$1" "$1" ;;
+    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs|numerics|probe) section "$1" "$1" ;;
     scaling:*) FAMILY=${1#scaling:} section "scaling_${1#scaling:}" scaling ;;   # e.g. LANES="0=scaling:qwen 1=scaling:gemma"
   esac
 }

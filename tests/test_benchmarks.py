@@ -95,3 +95,17 @@ def test_graph_numerics_smoke(tmp_path):
     assert all(len(v) == 2 for v in data["losses"].values())
     assert data["losses"]["float32 eager"][1] < data["losses"]["float32 eager"][0]   # it trains
     assert data["losses"]["float32 graphed"] == pytest.approx(data["losses"]["float32 eager"], rel=1e-4)
+
+
+def test_first_batch_probe_smoke(tmp_path):
+    """benchmarks/first_batch_probe.py on the CPU: one new process per run, a cold and a warm pass each."""
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "first_batch_probe.py", "--cpu-smoke", "--side", "56",
+                          "--ramp", "2,2,4", "--runs", "default", "expandable", "--out", str(tmp_path / "probe.json")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads((tmp_path / "probe.json").read_text())["runs"]
+    assert [r["run"] for r in runs] == ["default", "expandable"]
+    for r in runs:   # every batch of the ramp answered, in order, in both passes
+        for p in ("cold", "warm"):
+            assert len(r[p]["answered_s"]) == 3 and r[p]["answered_s"] == sorted(r[p]["answered_s"])
+        assert r["one_off_s"] == pytest.approx(r["cold"]["answered_s"][-1] - r["warm"]["answered_s"][-1], abs=2e-3)
