@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from cogip.data.bench import read_test_messages
 from cogip.data.images import open_image
 from cogip.dims import get_dimension
 from cogip.evaluate.bench import read_records, run_benchmark, sample_indices
-from cogip.evaluate.scorer import Scorer
+from cogip.evaluate.scorer import Scorer, ScorerLoading
 from cogip.train.sft import run as train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,9 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert (tmp_path / mode / "summary.png").is_file()
         timing = json.loads((tmp_path / mode / "timing.json").read_text())
         assert timing["items"] == 32 and timing["images_per_s"] > 0 and timing["mode"] == mode
-        assert 0 <= timing["workers_started_s"] <= timing["first_batch_s"]
+        # the loader started before the clock, while the model loaded (cog_test.sh passes a ScorerLoading)
+        assert timing["model_load_s"] > 0 and timing["loader_started_s"] <= timing["workers_started_s"] < 0
+        assert -timing["workers_started_s"] >= timing["model_load_s"] and timing["workers_started_s"] <= timing["first_batch_s"]
         assert timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
@@ -285,6 +288,67 @@ def test_batches_run_across_dimensions(trained, synth_bench, tmp_path):
             assert mixed[dim][key] == (pytest.approx(value, rel=1e-5) if numbers else value), (dim, key)
         records = read_records(tmp_path / "mixed" / dim)
         assert sorted(records) == list(range(8)) and all(r["image"].startswith(dim) for r in records.values())
+
+
+class MarkingPreparer:
+    """A BatchPreparer that leaves a file behind when it first runs (in a loader worker)."""
+
+    def __init__(self, prepare, mark: Path):
+        self.prepare, self.mark, self.dtype = prepare, mark, prepare.dtype
+
+    def __call__(self, images, prompts):
+        self.mark.touch()
+        return self.prepare(images, prompts)
+
+
+class WaitingLoading(ScorerLoading):
+    """Loads the weights only once a batch has been prepared (or after a minute): whether the loader worked
+    while the model loaded. Its Scorer records the dtype of the pixels each batch brought."""
+
+    def __init__(self, *args, mark: Path, misguess: bool = False, **kw):
+        self.misguess = misguess
+        super().__init__(*args, **kw)
+        self.mark, self.prepare = mark, MarkingPreparer(self.prepare, mark)
+        self.prepared_first, self.pixel_dtypes = None, []
+
+    def _expected_dtype(self, weights_src):   # misguess: as if the config named bfloat16 and float32 loaded
+        return torch.bfloat16 if self.misguess else super()._expected_dtype(weights_src)
+
+    def load(self):
+        deadline = time.monotonic() + 60
+        while not self.mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.prepared_first = self.mark.exists()
+        counting, dtypes = Counting(super().load()), self.pixel_dtypes
+
+        def answer_prepared(batch, dims, mode):
+            dtypes.append(batch["pixel_values"].dtype)
+            return Counting.answer_prepared(counting, batch, dims, mode)
+        counting.answer_prepared = answer_prepared
+        return counting
+
+
+@pytest.mark.parametrize("misguess", [False, True])
+def test_batches_are_prepared_while_the_model_loads(trained, synth_bench, tmp_path, misguess):
+    """With a ScorerLoading the loader's workers prepare batches before the weights have loaded, and the run
+    ends as one with a loaded Scorer. Where the weights load in another dtype than the config names, the
+    batches are prepared again: the model gets its own dtype's pixels, and the same answers."""
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Aesthetics", "Funniness"], batch_size=4, mode="expected", num_workers=2)
+    straight = run_benchmark(Scorer.load(str(trained["qwen"])), out=tmp_path / "straight", **kw)
+    loading = WaitingLoading(str(trained["qwen"]), dtype="float32", mark=tmp_path / "prepared", misguess=misguess)
+    assert loading.prepare.dtype == (torch.bfloat16 if misguess else torch.float32)
+    overlapped = run_benchmark(loading, out=tmp_path / "overlapped", **kw)
+    assert loading.prepared_first is True
+    assert loading.pixel_dtypes == [torch.float32] * 4 and overlapped == straight
+    timing = json.loads((tmp_path / "overlapped" / "timing.json").read_text())
+    assert timing["loader_started_s"] <= timing["workers_started_s"] <= -timing["model_load_s"] < 0
+
+
+def test_the_dtype_batches_are_prepared_in_is_the_one_the_weights_load_in(trained):
+    for dtype in ("auto", "bfloat16"):
+        loading = ScorerLoading(str(trained["qwen"]), dtype=dtype)
+        assert loading.prepare.dtype == loading.load().model.dtype == (torch.float32 if dtype == "auto" else torch.bfloat16)
 
 
 @pytest.mark.parametrize("mode", ["generate", "expected"])

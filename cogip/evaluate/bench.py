@@ -8,7 +8,8 @@ Per dimension, into OUT/<Dim>/:
   metrics.json     Spearman (p, bootstrap CI), Pearson, MAE, MSE, label accuracy, parse rate, N
   scatter.png      predicted vs human
 and OUT/summary.json, OUT/timing.json (items answered by this run, its wall time and images/s,
-all ranks together; when the loader's workers had started and the first batch and answers came,
+all ranks together; when the loader's workers had started (before the clock: they start while the
+model loads, `model_load_s`) and the first batch and answers came,
 when the loop took each prepared batch and the items done after each batch, Python's
 garbage-collection pauses, and the loader's settings with what growing the pinned host-memory pool
 cost), OUT/summary.png, plus a printed table; with
@@ -105,8 +106,8 @@ class _Batches(torch.utils.data.Dataset):
     """One element = one prepared batch (images decoded, processed, padded) of (dimension, item) pairs:
     what loader workers do while the GPU answers the previous batch."""
 
-    def __init__(self, scorer, chunks: list[list[tuple[str, int]]], plan: dict, image_root: Path):
-        self.prepare, self.chunks, self.plan, self.root = scorer.prepare, chunks, plan, image_root
+    def __init__(self, prepare, chunks: list[list[tuple[str, int]]], plan: dict, image_root: Path):
+        self.prepare, self.chunks, self.plan, self.root = prepare, chunks, plan, image_root
 
     def __len__(self):
         return len(self.chunks)
@@ -210,6 +211,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
                   num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0, prefetch: int = 2,
                   pin_memory: bool | None = None) -> dict:
+    """`scorer`: a Scorer, or a ScorerLoading, whose model then loads while the loader prepares the first
+    batches (the clock starts once it has loaded, on every rank)."""
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
@@ -253,20 +256,34 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         chunks[:1] = [part for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
     bar = tqdm(total=len(share), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
-    profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
-    if accelerator:   # the loop's clock starts when every rank has its model loaded (timing.json: ranks_ready_s)
-        waiting = time.perf_counter()
-        accelerator.wait_for_everyone()
-        ranks_ready = time.perf_counter() - waiting
-    started = time.perf_counter()
-    # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
+    from .scorer import LOW_PRECISION, ScorerLoading
+    loading = isinstance(scorer, ScorerLoading)
+    ranks_ready = profiling = None
+
+    def start_clock() -> float:   # once every rank has its model loaded (timing.json: ranks_ready_s)
+        nonlocal ranks_ready, profiling
+        profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
+        if accelerator:
+            waiting = time.perf_counter()
+            accelerator.wait_for_everyone()
+            ranks_ready = time.perf_counter() - waiting
+        return time.perf_counter()
+
+    def start_loader(prepare):
+        # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
+        loader = torch.utils.data.DataLoader(_Batches(prepare, chunks, plan, image_root), batch_size=None,
+                                             num_workers=num_workers, pin_memory=pin_memory,
+                                             prefetch_factor=prefetch if num_workers else None)
+        return iter(loader) if chunks else iter(())
+
+    started = None if loading else start_clock()
     pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-    pinned_before, device_before = _pinned_stats(), _device_pool_stats()
-    loader = torch.utils.data.DataLoader(_Batches(scorer, chunks, plan, image_root), batch_size=None,
-                                         num_workers=num_workers, pin_memory=pin_memory,
-                                         prefetch_factor=prefetch if num_workers else None)
-    prepared = iter(loader) if chunks else iter(())   # the workers start (fork) now, before any thread of this run
-    workers_started = time.perf_counter() - started
+    pinned_before = _pinned_stats()
+    # The loader's workers start (fork) now, before any thread of this run; with a ScorerLoading, before the
+    # model loads too, so that the first batches are prepared while the weights load.
+    loader_started = time.perf_counter()
+    prepared = start_loader(scorer.prepare)
+    workers_started = time.perf_counter()
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
     # written until the check has passed: a bad image still stops the run before any output, in one line.
     check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
@@ -274,6 +291,16 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     checking = check.submit(check_images, pairs, workers=min(4, os.cpu_count() or 1), progress=False)
     check.shutdown(wait=False)   # the thread ends with the check
     checked = False
+    model_load = None
+    if loading:
+        expected_dtype = scorer.prepare.dtype
+        scorer = scorer.load()
+        model_load = time.perf_counter() - workers_started
+        if scorer.prepare.dtype != expected_dtype and expected_dtype in LOW_PRECISION:
+            # the weights loaded in another dtype than their config said: prepare again, as the model needs
+            prepared = start_loader(scorer.prepare)
+        started = start_clock()
+    device_before = _device_pool_stats()
 
     def passed_check() -> None:
         nonlocal checked
@@ -328,7 +355,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # this rank's own timeline; rank 0's timing.json adds the other ranks' (written as timing.rank<R>.json)
     own = {"items": len(share), "seconds": round(time.perf_counter() - started, 3),
            "ranks_ready_s": round(ranks_ready, 3) if accelerator else None,
-           "workers_started_s": round(workers_started, 3),
+           # before the clock (negative) when the loader started while the model loaded
+           "loader_started_s": round(loader_started - started, 3), "workers_started_s": round(workers_started - started, 3),
+           "model_load_s": round(model_load, 3) if loading else None,
            "first_batch_s": arrived[0][0] if arrived else None,
            "first_answers_s": answered[0][0] if answered else None, "arrived": arrived,
            "answered": answered}
@@ -427,12 +456,13 @@ def _evaluate(a) -> None:
         raise CogipError(f"launched as one of {launched} processes, but accelerate runs {state.num_processes}; "
                          f"launch with `accelerate launch --num_processes N` (NUM_GPUS=N in cog_test.sh)", file=a.out)
     dtype = a.dtype if a.dtype == "auto" else getattr(torch, a.dtype)
-    from .scorer import Scorer
+    from .scorer import ScorerLoading
     finished = False
     try:
-        scorer = Scorer.load(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
-                             max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                             compile=a.compile)
+        # the processor now, the weights inside the loop's start-up, while its loader prepares the first batches
+        scorer = ScorerLoading(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
+                               max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
+                               compile=a.compile)
         run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                       accelerator=state if state.num_processes > 1 else None,
                       run_info={"model_id": a.model_id, "base_model": a.base_model},

@@ -52,6 +52,72 @@ class Answer:
     label_probs: dict = field(default_factory=dict)
 
 
+class BatchPreparer:
+    """The CPU side of a batch (chat text, image processing, left padding): needs the processor and the
+    model's dtype, not the model, so loader workers can start while the weights load (`ScorerLoading`)."""
+
+    def __init__(self, processor, family: Family, dtype: torch.dtype):
+        self.processor, self.family, self.dtype = processor, family, dtype
+
+    def __call__(self, images: list, prompts: list[str]) -> dict:
+        texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
+        self.processor.tokenizer.padding_side = "left"
+        batch = dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
+                                    padding=True))
+        # pixels in the model's dtype already here: the model's own first step is this cast (exact), and a
+        # batch of 32 Qwen images is 616 MB in float32 to pass from a loader worker, pin and copy
+        return {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() and self.dtype in LOW_PRECISION
+                else v for k, v in batch.items()}
+
+
+class ScorerLoading:
+    """`Scorer.load` in two steps. The constructor reads only the processor and the configs, so `prepare`
+    can run (in loader workers) while `load()` reads the weights: the benchmark loop's first batches are
+    ready when the model is. `prepare` casts pixels to the dtype the model will load in (`dtype`, or with
+    "auto" the checkpoint config's, as transformers does; float32, i.e. no cast, where it names none)."""
+
+    def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
+                 device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
+                 max_pixels: int | None = None, compile: str = "none"):
+        from ..train.merge import adapter_base, processor_source
+        self.model_id, self.base_model, self.device = model_id, base_model, device
+        self.dtype_arg, self.max_new_tokens, self.compile = dtype, max_new_tokens, compile
+        self.is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
+        if self.is_adapter:
+            base = base_model or adapter_base(model_id)
+            fam = get_family(family) if family else (detect_family(base) if os.path.isdir(base) else get_family(base))
+            processor_src, weights_src = processor_source(model_id, base_model), base
+        else:
+            fam = get_family(family) if family else (detect_family(model_id) if os.path.isdir(model_id)
+                                                     else get_family(model_id))
+            processor_src = weights_src = model_id
+        self.family = fam
+        self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels))
+        self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))
+
+    def _expected_dtype(self, weights_src: str) -> torch.dtype:
+        if isinstance(self.dtype_arg, torch.dtype):
+            return self.dtype_arg
+        if self.dtype_arg != "auto":
+            return getattr(torch, self.dtype_arg)
+        from transformers import AutoConfig
+        try:
+            dtype = getattr(AutoConfig.from_pretrained(weights_src), "dtype", None)
+        except (OSError, ValueError):   # loading the weights reports a bad source, in one line
+            return torch.float32
+        return getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
+
+    def load(self) -> "Scorer":
+        from ..train.merge import load_adapted
+        if self.is_adapter:
+            model, _ = load_adapted(self.model_id, self.base_model, self.family, dtype=self.dtype_arg)
+        else:
+            model = self.family.load_model(self.model_id, dtype=self.dtype_arg)
+        if self.device:
+            model = model.to(self.device)
+        return Scorer(model, self.processor, self.family, self.max_new_tokens, self.compile)
+
+
 class Scorer:
     def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none",
                  cudnn_attention: bool = False):
@@ -67,6 +133,7 @@ class Scorer:
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self.max_new_tokens = max_new_tokens
+        self.prepare = BatchPreparer(processor, family, model.dtype)   # the CPU side of a batch
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
         self._columns: dict[tuple[str, ...], tuple] = {}
@@ -76,33 +143,10 @@ class Scorer:
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
              max_pixels: int | None = None, compile: str = "none") -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
-        from ..train.merge import load_adapted, processor_source
-        is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
-        if is_adapter:
-            model, fam = load_adapted(model_id, base_model, get_family(family) if family else None, dtype=dtype)
-            processor_src = processor_source(model_id, base_model)
-        else:
-            fam = get_family(family) if family else (detect_family(model_id) if os.path.isdir(model_id)
-                                                     else get_family(model_id))
-            model, processor_src = fam.load_model(model_id, dtype=dtype), model_id
-        if device:
-            model = model.to(device)
-        return cls(model, fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels)), fam,
-                   max_new_tokens, compile)
+        return ScorerLoading(model_id, base_model, family, dtype, device, max_new_tokens, min_pixels, max_pixels,
+                             compile).load()
 
     # ------------------------------------------------------------------ generation
-    def prepare(self, images: list, prompts: list[str]) -> dict:
-        """CPU-side work for one batch (chat text, image processing, left padding): safe in loader workers."""
-        texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
-        self.tokenizer.padding_side = "left"
-        batch = dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                                    padding=True))
-        # pixels in the model's dtype already here: the model's own first step is this cast (exact), and a
-        # batch of 32 Qwen images is 616 MB in float32 to pass from a loader worker, pin and copy
-        dtype = self.model.dtype
-        return {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() and dtype in LOW_PRECISION else v
-                for k, v in batch.items()}
-
     def _attention_backends(self):
         """SDPA without cuDNN's backend while answering (see __init__). The choice is process-wide in torch,
         so `answer_stream` holds it for the whole stream and the batches in flight all see the same."""
