@@ -10,6 +10,7 @@
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
 #   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
+#   SIDE=896: Qwen's image side instead (and its pixel bounds), e.g. eval_bench.py's shapes; use a WORK of its own
 #   TEST_N=430: test images per dimension (96; the published test set has 1719 in all, 430 a dimension on average)
 set -uo pipefail
 FAMILY=${FAMILY:-qwen}
@@ -19,7 +20,7 @@ mkdir -p "$W" "$OUT"
 if [ "$SMOKE" = 1 ]; then
   side=84; px=7056; train_n=8; test_n=8; gpus=(0); ds_configs=(none); model_args=(--tiny); STEPS=3; bs=4
 else
-  side=$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120); px=$((1008 * 1008)); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
+  side=${SIDE:-$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120)}; px=$((${SIDE:-1008} * ${SIDE:-1008})); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
 [ -d "$W/model" ] || $PY benchmarks/real_model.py --family "$FAMILY" "${model_args[@]}" "$W/model" || exit 1
 # the bench's own images are small (one random stream draws them in order); its images at $side px are drawn
