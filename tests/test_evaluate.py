@@ -320,6 +320,7 @@ class WaitingLoading(ScorerLoading):
             time.sleep(0.02)
         self.prepared_first = self.mark.exists()
         counting, dtypes = Counting(super().load()), self.pixel_dtypes
+        self.counting = counting
 
         def answer_prepared(batch, dims, mode):
             dtypes.append(batch["pixel_values"].dtype)
@@ -343,6 +344,21 @@ def test_batches_are_prepared_while_the_model_loads(trained, synth_bench, tmp_pa
     assert loading.pixel_dtypes == [torch.float32] * 4 and overlapped == straight
     timing = json.loads((tmp_path / "overlapped" / "timing.json").read_text())
     assert timing["loader_started_s"] <= timing["workers_started_s"] <= -timing["model_load_s"] < 0
+
+
+def test_the_first_batch_is_split_only_when_the_model_is_already_loaded(trained, synth_bench, tmp_path):
+    """A loaded Scorer: the first batch goes as a quarter, a quarter and a half (the device starts sooner).
+    While the model loads, the workers prepare whole batches, which run faster than small ones."""
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Aesthetics", "Funniness"], batch_size=8, num_workers=2)
+    loaded = Counting(Scorer.load(str(trained["qwen"])))
+    ramped = run_benchmark(loaded, out=tmp_path / "loaded", **kw)
+    loading = WaitingLoading(str(trained["qwen"]), mark=tmp_path / "prepared")
+    whole = run_benchmark(loading, out=tmp_path / "loading", **kw)
+    assert [n for n, _ in loaded.calls] == [2, 2, 4, 8] and [n for n, _ in loading.counting.calls] == [8, 8]
+    for dim in ramped:   # the same answers in other batches: equal up to float rounding
+        assert ramped[dim]["spearman"] == pytest.approx(whole[dim]["spearman"], abs=1e-6)
+        assert ramped[dim]["mae"] == pytest.approx(whole[dim]["mae"], rel=1e-4)
 
 
 def test_the_dtype_batches_are_prepared_in_is_the_one_the_weights_load_in(trained):

@@ -249,15 +249,17 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # Batches run across dimensions (each answer is parsed on its own item's), so every batch but the last
     # is full: per dimension, a rank's share would end in a part-batch, which runs nearly as long as a full one.
     chunks = [share[s:s + batch_size] for s in range(0, len(share), batch_size)]
-    if num_workers and chunks and batch_size >= 8:
+    from .scorer import LOW_PRECISION, ScorerLoading
+    loading = isinstance(scorer, ScorerLoading)
+    if num_workers and chunks and batch_size >= 8 and not loading:
         # ramp up: the first batch split into a quarter, a quarter and a half, each prepared by its own
-        # worker, so the device starts after a quarter of a batch's preparation instead of a whole one
+        # worker, so the device starts after a quarter of a batch's preparation instead of a whole one.
+        # Not while the model loads: the workers prepare whole batches meanwhile, and small ones run at
+        # ~2/3 of a full batch's rate (docs/benchmarks.md, sixteenth round).
         first, q = chunks[0], batch_size // 4
         chunks[:1] = [part for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
     bar = tqdm(total=len(share), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
-    from .scorer import LOW_PRECISION, ScorerLoading
-    loading = isinstance(scorer, ScorerLoading)
     ranks_ready = profiling = None
 
     def start_clock() -> float:   # once every rank has its model loaded (timing.json: ranks_ready_s)
