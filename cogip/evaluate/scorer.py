@@ -34,7 +34,7 @@ from ..loss import NumberTokens
 from ..models.attention import use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import compile_blocks
-from ..models.families import Family, detect_family, get_family
+from ..models.families import Family, resolve_family
 from ..parse import parse_answer
 
 
@@ -84,13 +84,11 @@ class ScorerLoading:
         self.dtype_arg, self.max_new_tokens, self.compile = dtype, max_new_tokens, compile
         self.is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
         if self.is_adapter:
-            base = base_model or adapter_base(model_id)
-            fam = get_family(family) if family else (detect_family(base) if os.path.isdir(base) else get_family(base))
-            processor_src, weights_src = processor_source(model_id, base_model), base
+            weights_src = base_model or adapter_base(model_id)
+            processor_src = processor_source(model_id, base_model)
         else:
-            fam = get_family(family) if family else (detect_family(model_id) if os.path.isdir(model_id)
-                                                     else get_family(model_id))
             processor_src = weights_src = model_id
+        fam = resolve_family(weights_src, family)
         self.family = fam
         self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels))
         self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))

@@ -112,6 +112,13 @@ def get_family(name: str) -> Family:
     raise CogipError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
 
 
+def resolve_family(model_id: str | os.PathLike, family: str | None = None) -> Family:
+    """`family` by name when given; else a checkpoint folder's, from its config; else a hub id's."""
+    if family:
+        return get_family(family)
+    return detect_family(model_id) if os.path.isdir(str(model_id)) else get_family(str(model_id))
+
+
 def detect_family(path: str | os.PathLike) -> Family:
     """The family of a checkpoint folder, from its config's model_type."""
     import json

@@ -16,8 +16,9 @@ from ..data.images import check_images
 from ..dims import SCORE_RANGE
 from ..errors import CogipError, exit_code
 from ..models.blocks import autocast_vision_norms
+from ..models.families import resolve_family
 from ..parse import parse_answer
-from .sft import DataArguments, ModelArguments, fp32_master_weights, require_transformers, resolve_family
+from .sft import DataArguments, ModelArguments, fp32_master_weights, require_transformers
 
 UNPARSEABLE_REWARD = -0.5
 

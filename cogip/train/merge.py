@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..errors import CogipError, exit_code
-from ..models.families import Family, detect_family, get_family
+from ..models.families import Family, get_family, resolve_family
 
 
 def adapter_base(adapter: str | Path) -> str:
@@ -33,7 +33,7 @@ def load_adapted(adapter: str | Path, base: str | None = None, family: Family | 
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
     base = base or adapter_base(adapter)
-    family = family or (detect_family(base) if Path(base).is_dir() else get_family(base))
+    family = family or resolve_family(base)
     model = family.load_model(base, dtype=dtype)
     try:
         model = PeftModel.from_pretrained(model, str(adapter))

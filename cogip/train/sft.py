@@ -28,7 +28,7 @@ from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, autocast_vision_norms, fsdp_wrap_blocks, graph_blocks,
                              parse_keep, parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing,
                              zero3_leaf_blocks, zero3_prefetch_blocks)
-from ..models.families import Family, detect_family, get_family
+from ..models.families import Family, resolve_family
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
 
@@ -95,12 +95,6 @@ class ProfileArguments:
         "help": "time every repeated block in this optimizer step (1-based), without the profiler: each rank writes "
                 "timeline_rank<R>.json (device and host start of each block's forward and backward, and sampled "
                 "host stacks; cogip.profiling.BlockTimeline, HostStacks)"})
-
-
-def resolve_family(model_id: str, family: str | None) -> Family:
-    if family:
-        return get_family(family)
-    return detect_family(model_id) if Path(model_id).is_dir() else get_family(model_id)
 
 
 def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapters: bool = True):
