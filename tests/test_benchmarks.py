@@ -109,3 +109,11 @@ def test_first_batch_probe_smoke(tmp_path):
         for p in ("cold", "warm"):
             assert len(r[p]["answered_s"]) == 3 and r[p]["answered_s"] == sorted(r[p]["answered_s"])
         assert r["one_off_s"] == pytest.approx(r["cold"]["answered_s"][-1] - r["warm"]["answered_s"][-1], abs=2e-3)
+
+
+def test_synth_draw_bench_smoke(tmp_path):
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "synth_draw_bench.py", "--size", "48", "--n", "64",
+                          "--workers", "2", "--out", str(tmp_path / "synth.json")], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rates = json.loads((tmp_path / "synth.json").read_text())["images_per_s"]
+    assert set(rates) == {"1", "2"} and all(r > 0 for r in rates.values())
