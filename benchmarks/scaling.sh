@@ -5,7 +5,8 @@
 # architecture, 1120-px images (Llama: 4 tiles of 560 px), work folder /tmp/scaling-<family>:
 #   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2, ZeRO-3 and FSDP2;
 #        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
-#   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json).
+#   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json; process_s:
+#         the whole call, model load included).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
@@ -52,10 +53,15 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
     if [[ $x == --* ]]; then extra+=("$x"); else launcher_env+=("$x"); fi
   done
   echo "=== $run"
+  local t0 rc; t0=$(date +%s.%N)
   env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" \
     SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
     bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
-  echo "rc=$?"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
+  rc=$?
+  # the whole call as users run it (start-up, model load, loop, metrics), beside timing.json's loop
+  local wall; wall=$($PY -c 'import sys, time; print(round(time.time() - float(sys.argv[1]), 3))' "$t0")
+  [ -d "$W/$run" ] && echo "$wall" > "$W/$run/process_s.txt"
+  echo "rc=$rc process_s=$wall"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the
 # like-for-like scaling; users also compare them on N GPUs with ZeRO-2's one-GPU run).
@@ -89,6 +95,8 @@ for f in sorted(glob.glob(f"{out}/sft_*.json")):
 for d in sorted(glob.glob(f"{w}/eval_*gpu*")):
     if os.path.isfile(f"{d}/timing.json"):
         rows[os.path.basename(d)] = json.load(open(f"{d}/timing.json"))
+        if os.path.isfile(f"{d}/process_s.txt"):   # the whole cog_test.sh call, seconds
+            rows[os.path.basename(d)]["process_s"] = float(open(f"{d}/process_s.txt").read())
 print(json.dumps(rows, indent=2))
 json.dump(rows, open(f"{out}/scaling.json", "w"), indent=2)
 PY

@@ -60,6 +60,7 @@ def test_scaling_smoke(tmp_path):
     data = json.loads((tmp_path / "out" / "scaling.json").read_text())
     assert data["sft_none_0gpu"]["samples_per_s"] > 0 and data["sft_none_0gpu"]["samples_per_step"] == 4
     assert data["eval_0gpu"]["items"] == 32 and data["eval_0gpu"]["images_per_s"] > 0
+    assert data["eval_0gpu"]["process_s"] > data["eval_0gpu"]["seconds"] + data["eval_0gpu"]["model_load_s"]
     assert (tmp_path / "out" / "sft_none_0gpu_profile_rank0.txt").read_text().startswith("step 2, rank 0/1")
     timeline = json.loads((tmp_path / "out" / "sft_none_0gpu_timeline_rank0.json").read_text())
     assert timeline["step"] == 3 and timeline["summary"]["language forward"]["calls"] > 1
