@@ -128,6 +128,33 @@ def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("family", ["qwen", "llama"])
+def test_compiled_vision_blocks_trace_nothing_for_new_image_sizes(tiny_models, family):
+    """Real images differ in size, so every batch brings other window lengths (Qwen) or padding (Mllama's
+    tiles). Compiled blocks resumed after the attention's plan guarded on the plan, so each new mix
+    recompiled them, to dynamo's recompile limit. The attention is now opaque whole: once two sizes have
+    made the blocks' shapes dynamic, new sizes trace nothing."""
+    import torch._dynamo
+    from cogip.evaluate.scorer import Scorer, _frames_traced
+    fam = FAMILIES[family]
+    processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
+    torch._dynamo.reset()
+    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision")
+    rng = np.random.default_rng(0)
+    answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                                          for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")
+    try:
+        for sizes in ([(84, 112), (84, 112)], [(112, 140), (112, 140)]):   # static shapes, then dynamic
+            answer(sizes)
+        traced = _frames_traced()
+        assert traced > 0
+        for sizes in ([(56, 84), (140, 112)], [(112, 56), (70, 98)], [(98, 126), (126, 84)], [(60, 200), (100, 150)]):
+            answer(sizes)
+            assert _frames_traced() == traced, sizes
+    finally:
+        torch._dynamo.reset()
+
+
 def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models, monkeypatch):
     """Qwen's Conv3d patch embedding run as one matrix product: the same vision output and weight
     gradient as the convolution; other input shapes still go through the convolution itself."""

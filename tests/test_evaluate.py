@@ -8,8 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import spearmanr
 
 from cogip.data.bench import read_test_messages
@@ -143,7 +145,7 @@ class Interrupting:
 
     def __init__(self, scorer, batches):
         self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
-        self.compiled, self.cudnn_attention = False, False
+        self.compiled, self._compiling, self.cudnn_attention = False, False, False
 
     def answer_prepared(self, *args):
         if self.left == 0:
@@ -263,7 +265,7 @@ class Counting:
 
     def __init__(self, scorer):
         self.scorer, self.prepare, self.model, self.calls = scorer, scorer.prepare, scorer.model, []
-        self.compiled, self.cudnn_attention = False, False
+        self.compiled, self._compiling, self.cudnn_attention = False, False, False
 
     def answer_prepared(self, batch, dims, mode):
         answers = self.scorer.answer_prepared(batch, dims, mode)
@@ -477,34 +479,50 @@ def test_bad_image_met_by_the_loader_first_is_the_checks_one_line(tiny_models, s
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
-def test_with_compiled_parts_a_new_batch_shape_runs_alone(trained, synth_bench):
-    # compiling patches torch.nn.Module.__call__ process-wide while it traces: no other batch may run then
+def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(trained):
+    """Compiling patches torch.nn.Module.__call__ process-wide while it traces: no other batch may run then.
+    Real images differ in size, so nearly every batch has a shape of its own; running each new shape alone
+    kept every batch alone. Now new shapes run alone only until one compiles nothing; after that batches
+    overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced."""
     import threading
     import time
-    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4)
-    scorer.compiled = True   # as after compile_blocks; the scheduling is what is tested here
-    images = synth_bench / "cognition/cognition_images/Aesthetics"
-    sizes = [2, 2, 2, 3, 3, 3, 2, 1]
-    batches = [scorer.prepare([open_image(images / f"{k:06d}.jpg") for k in range(n)], [get_dimension("Aesthetics").prompt] * n)
-               for n in sizes]
+    import torch._dynamo
+    from cogip.evaluate.scorer import _frames_traced
+    torch._dynamo.reset()
+    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224,
+                         compile="vision")
+    rng = np.random.default_rng(0)
+    sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
+    batches = [scorer.prepare([Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)],
+                              [get_dimension("Aesthetics").prompt] * 2) for _ in range(9)]
+    assert len({b["pixel_values"].shape for b in batches}) == len(batches)   # every batch a new shape
     spans, real = [], scorer.answer_prepared
 
     def timed(batch, dim, mode):
-        start = time.perf_counter()
+        start, traced = time.perf_counter(), _frames_traced()
         time.sleep(0.2)   # long enough that batches in flight together overlap
         out = real(batch, dim, mode)
-        spans.append((len(out), start, time.perf_counter(), threading.get_ident()))
+        spans.append((start, time.perf_counter(), _frames_traced() - traced, threading.get_ident()))
         return out
 
     scorer.answer_prepared = timed
-    got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
-    assert [j for j, _ in got] == list(range(len(sizes))) and [len(a) for _, a in got] == sizes
-    spans.sort(key=lambda s: s[1])
-    overlaps = lambda a, b: a[1] < b[2] and b[1] < a[2]
-    firsts = [next(s for s in spans if s[0] == n) for n in (2, 3, 1)]
-    for first in firsts:
-        assert not any(overlaps(first, other) for other in spans if other is not first)
-    assert any(overlaps(a, b) for a in spans for b in spans if a is not b)   # the rest still overlap
+    try:
+        got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
+        assert [j for j, _ in got] == list(range(len(batches))) and all(len(a) == 2 for _, a in got)
+        assert torch._dynamo.eval_frame._stance.stance == "default"   # the stance ends with the stream
+        spans.sort()
+        overlaps = lambda a, b: a[0] < b[1] and b[0] < a[1]
+        alone = next(i for i, s in enumerate(spans) if s[2] == 0) + 1   # up to the first that traced nothing
+        assert 2 <= alone < len(spans)                    # static shapes, then dynamic; then settled
+        for first in spans[:alone]:
+            assert not any(overlaps(first, other) for other in spans if other is not first)
+        assert all(s[2] == 0 for s in spans[alone:])      # in flight: nothing traced
+        assert any(overlaps(a, b) for a in spans[alone:] for b in spans[alone:] if a is not b)
+        scorer.answer_prepared = real
+        sequential = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=1))
+        assert [[x.text for x in a] for _, a in got] == [[x.text for x in a] for _, a in sequential]
+    finally:
+        torch._dynamo.reset()
 
 
 def test_parse_failures_are_counted(tiny_models, synth_bench, tmp_path):

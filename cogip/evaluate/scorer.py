@@ -116,6 +116,18 @@ class ScorerLoading:
         return Scorer(model, self.processor, self.family, self.max_new_tokens, self.compile)
 
 
+def _frames_traced() -> int:
+    """Frames torch.compile has traced in this process so far (each compilation or recompilation)."""
+    from torch._dynamo.utils import counters
+    return counters["frames"]["total"]
+
+
+def _eager_on_recompile():
+    """Set at once, process-wide, until the returned object's __exit__: compiled code runs where its
+    guards hold, and what would recompile runs uncompiled (no tracing, so no patches under batches in flight)."""
+    return torch.compiler.set_stance("eager_on_recompile")
+
+
 class Scorer:
     def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none",
                  cudnn_attention: bool = False):
@@ -130,6 +142,7 @@ class Scorer:
         use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
         self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
+        self._compiling = self.compiled   # until a batch of a new shape compiles nothing (answer_stream)
         self.max_new_tokens = max_new_tokens
         self.prepare = BatchPreparer(processor, family, model.dtype)   # the CPU side of a batch
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
@@ -218,9 +231,13 @@ class Scorer:
         those gaps. Exact: every batch runs the same computation as alone. The threads stay for later
         calls (`_answer_threads`).
 
-        With compiled parts, a batch of a shape they have not run yet runs alone: compiling traces the
-        model with process-wide patches (`torch.fx` replaces `nn.Module.__call__` while tracing), which
-        another thread's model calls would run into."""
+        With compiled parts, a batch of a shape they have not run yet runs alone while they may still
+        compile: compiling traces the model with process-wide patches (`torch.fx` replaces
+        `nn.Module.__call__` while tracing), which another thread's model calls would run into. Once a
+        batch of a new shape has compiled nothing (the graphs have gone dynamic), every batch runs in
+        flight, under the stance `eager_on_recompile`: a part whose guards a later batch fails runs
+        uncompiled for it instead of tracing. Real images differ in size, so nearly every batch has a
+        shape of its own; without this, they all ran alone."""
         with self._attention_backends():
             yield from self._answer_stream(jobs, depth)
 
@@ -242,17 +259,22 @@ class Scorer:
                 return self.answer_prepared(batch, dim, mode)
 
         pending: deque = deque()
+        stance = None
         try:
             for key, batch, dim, mode in jobs:
-                shape = self.compiled and tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
+                shape = self._compiling and tuple((k, tuple(v.shape)) for k, v in batch.items() if torch.is_tensor(v))
                 if shape and shape not in self._compiled_shapes:
                     while pending:   # may compile: alone
                         done_key, done = pending.popleft()
                         yield done_key, done.result()
+                    traced = _frames_traced()
                     answers = pool.submit(run, batch, dim, mode).result()
                     self._compiled_shapes.add(shape)
+                    self._compiling = _frames_traced() > traced
                     yield key, answers
                     continue
+                if self.compiled and stance is None:
+                    stance = _eager_on_recompile()
                 pending.append((key, pool.submit(run, batch, dim, mode)))
                 while len(pending) > depth:   # one more than the threads, queued: none waits for this loop
                     key, done = pending.popleft()
@@ -263,6 +285,8 @@ class Scorer:
         finally:
             for _, left in pending:   # interrupted: let what runs finish, so the next call starts clean
                 left.cancel() or left.exception()
+            if stance is not None:
+                stance.__exit__(None, None, None)
 
     def _answer_threads(self, depth: int):
         """The threads (and their CUDA streams) that answer batches, kept across calls: the allocator

@@ -75,6 +75,11 @@ def _read_plan(cu_seqlens: torch.Tensor):
     return _PLANS[key]
 
 
+# Opaque to torch.compile as a whole, not only its plan: a compiled block resumed after the plan's graph
+# break guarded on the plan itself (the window length, the list of lengths), so every new mix of image
+# sizes recompiled the vision blocks, to dynamo's recompile limit. Attention is one kernel (or one per
+# window length) either way; what compiling fuses is around it, in the block.
+@torch.compiler.disable
 def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
                 cu_seq_lens_q=None, is_causal=False, **kwargs):
     """query/key/value [1, heads, total, dim] → ([1, total, heads, dim], None), like transformers' flash path."""
@@ -123,6 +128,7 @@ def _read_padding_rows(attention_mask: torch.Tensor):
     return rows, flags[:, rows], ~flags[:, None, None, :]
 
 
+@torch.compiler.disable   # as varlen_sdpa: the padding plan would be guarded on
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """query/key/value [B, H, L, D], attention_mask [B, 1, L, L] additive (min where both patches pad)
     → ([B, L, H, D], None), like transformers' SDPA path."""
