@@ -48,7 +48,9 @@ class Dimension:
         return self.labels[-1]
 
     def format_answer(self, score: float, label: str | None = None) -> str:
-        """The describe-then-predict answer: `<label> <score with three decimals>`."""
+        """The describe-then-predict answer: `<label> <score with three decimals>`, the label that of the
+        score as written (6.4997 is `high 6.500`, as a reader of the answer bins it)."""
+        score = round(float(score), 3)
         return f"{label or self.label_for(score)} {score:.3f}"
 
 

@@ -29,6 +29,10 @@ def test_format_answer():
     assert DIMENSIONS["Emotional_Valence"].format_answer(2) == "positive 2.000"
     assert DIMENSIONS["Emotional_Valence"].format_answer(-2) == "negative -2.000"
     assert DIMENSIONS["Memorability"].format_answer(0.042) == "very low 0.042"
+    # the label of the score as written: 6.4997 reads 6.500, which is `high` (it was `medium`, and the
+    # bench's own validation then rejected the item)
+    assert DIMENSIONS["Aesthetics"].format_answer(6.4997) == "high 6.500"
+    assert DIMENSIONS["Memorability"].format_answer(0.49996) == "medium 0.500"
 
 
 @pytest.mark.parametrize("dim,score", [("Aesthetics", 10.01), ("Aesthetics", -0.5), ("Memorability", 1.2),
