@@ -33,7 +33,7 @@ sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
 numerics() { python3 benchmarks/graph_numerics.py --out "$RES/numerics" ${NUMERICS_ARGS:-}; }   # graphed vs eager training, fp32 and bf16
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
 llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours} ${LLAMA_ARGS:-}; }   # e.g. LLAMA_ARGS="--diagnose ours"
-evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-480}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile compileall+pipe2}; cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
+evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-480}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile compileall+pipe2} ${EVALVAR_ARGS:-}; cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
 scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
 scaling() {
   local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)

@@ -9,10 +9,13 @@ the loop, each on a freshly built model at the largest batch size, with options 
 `warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
 workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU), `prefetchN` (each worker keeps N
 prepared batches ready; 2 otherwise), `nopin` (prepared batches not pinned).
-`base` is the loop with none of them. A variant listed again runs again, its rows as `<variant>_run2`.
+`base` is the loop with none of them. `--mixed-sizes`: every image a size of its own (sides 5/7 to 9/7 of
+896), read within `cog_test.sh`'s Qwen pixel bounds, as real benches are: nearly every batch then has
+its own tensor shapes, which the same-size images never showed. A variant listed again runs again, its rows as `<variant>_run2`.
 A variant that fails is recorded as its error, and the next runs.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
+    python benchmarks/eval_bench.py --out DIR --mixed-sizes --batch-sizes 32 --variants pipe2 compileall+pipe3
     python benchmarks/eval_bench.py --cpu-smoke --out DIR
 """
 
@@ -39,16 +42,18 @@ from cogip.models.tiny import build_tiny
 MAX_NEW = 10   # a describe-then-predict answer is ~8 tokens; random weights never stop by themselves
 
 
-def make_bench(root: Path, n: int, side: int) -> Path:
+def make_bench(root: Path, n: int, side: int, mixed: bool = False) -> Path:
+    """n random JPEGs of side x side, or with `mixed` of sides drawn from [5/7, 9/7] of `side` each."""
     dim = DIMENSIONS["Aesthetics"]
     rng = np.random.default_rng(0)
     (root / "img" / dim.name).mkdir(parents=True, exist_ok=True)
     msgs, answers = [], []
     for i in range(n):
         name = f"{dim.name}/{i:06d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(root / "img" / name, quality=90)
+        shape = tuple(int(x) for x in rng.integers(side * 5 // 7, side * 9 // 7 + 1, 2)) if mixed else (side, side)
+        Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / "img" / name, quality=90)
         msgs.append([{"role": "user", "content": [{"type": "image", "image": name}, {"type": "text", "text": dim.prompt}]}])
-        answers.append(dim.format_answer(float(rng.uniform(1, 9))))
+        answers.append(dim.format_answer(round(float(rng.uniform(1, 9)), 3)))
     write_json(root / "test" / dim.name / f"{dim.name}_messages.json", msgs)
     write_json(root / "test" / dim.name / f"{dim.name}_scores.json", answers)
     return root
@@ -77,6 +82,7 @@ def main():
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
     p.add_argument("--variants", nargs="+", default=["base"], help="base, or options joined by +: liger compile "
                                                                     "compileall pipeN")
+    p.add_argument("--mixed-sizes", action="store_true", help="images of varied sizes, cog_test.sh's pixel bounds")
     a = p.parse_args()
     # No use_fast_pinning() here, unlike cog_test.sh: this process runs many loops, and each forks its loader's
     # workers after the pinned pool has grown (see cogip.evaluate.bench.use_fast_pinning)
@@ -86,7 +92,10 @@ def main():
     tiny = build_tiny("qwen", out / "tiny_qwen")
     processor = fam.load_processor(tiny)
     side = 896 if cuda else 84
-    fam.set_pixel_bounds(processor, side * side, side * side)
+    if a.mixed_sizes:   # cog_test.sh's Qwen bounds; the CPU's scaled down as its images are
+        fam.set_pixel_bounds(processor, *((256 * 28 * 28, 1280 * 28 * 28) if cuda else (56 * 56, 112 * 112)))
+    else:
+        fam.set_pixel_bounds(processor, side * side, side * side)
     def build():
         if not cuda:
             return fam.load_model(tiny)
@@ -96,9 +105,14 @@ def main():
             return fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16).eval()
 
     n, n_pub = (a.n, 24) if cuda else (8, 4)
-    bench = make_bench(out / "bench", n, side)
+    bench = make_bench(out / "bench", n, side, a.mixed_sizes)
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-               "max_new_tokens": MAX_NEW, "n": n}
+               "max_new_tokens": MAX_NEW, "n": n, "mixed_sizes": a.mixed_sizes}
+    if a.mixed_sizes:   # what the images come to, in visual tokens (the processor merges 2x2 patches)
+        grids = [processor.image_processor(images=[open_image(path)], return_tensors="pt")["image_grid_thw"]
+                 for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]]
+        tokens = [int(g.prod()) // 4 for g in grids]
+        results["visual_tokens_first64"] = {"mean": float(np.mean(tokens)), "min": min(tokens), "max": max(tokens)}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU
     for k, variant in enumerate(a.variants):

@@ -49,6 +49,18 @@ def test_benchmark_smoke(tmp_path, script, report):
         assert data["ours"]["first_loss"] == pytest.approx(data["ours-loss"]["first_loss"], rel=1e-5)
 
 
+def test_eval_bench_mixed_sizes_smoke(tmp_path):
+    """Images of varied sizes through compiled vision blocks with batches in flight: it runs, and the
+    images really differ in visual tokens."""
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "eval_bench.py", "--cpu-smoke", "--out", str(tmp_path),
+                          "--mixed-sizes", "--variants", "compile+pipe2"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "eval_bench.json").read_text())
+    tokens = data["visual_tokens_first64"]
+    assert data["mixed_sizes"] and tokens["min"] < tokens["mean"] < tokens["max"]
+    assert data["compile+pipe2_generate_bs4_img_s"] > 0 and data["compile+pipe2_expected_bs4_img_s"] > 0
+
+
 def test_scaling_smoke(tmp_path):
     """benchmarks/scaling.sh on the CPU: a tiny model through finetune_lora.sh and cog_test.sh, read back."""
     import os
