@@ -292,11 +292,52 @@ def test_batches_run_across_dimensions(trained, synth_bench, tmp_path):
         assert sorted(records) == list(range(8)) and all(r["image"].startswith(dim) for r in records.values())
 
 
+class Padding(Counting):
+    """A scorer that records each batch's sequence lengths, padding left out (the attention mask's sums)."""
+
+    def answer_prepared(self, batch, dims, mode):
+        self.calls.append(batch["attention_mask"].sum(dim=1).tolist())
+        return self.scorer.answer_prepared(batch, dims, mode)
+
+
+def test_batches_hold_items_of_like_length(trained, synth_bench, tmp_path):
+    """Real images differ in size, and a batch pads each item to its longest: items now run longest first,
+    so like lengths share a batch. `prepare.length` is each item's exact sequence length, and the records are
+    the same items with the same answers as batches of one, which pad nothing."""
+    from cogip.data.bench import read_test_messages
+    bench = _broken(synth_bench, tmp_path)
+    images = bench / "cognition/cognition_images"
+    rng = np.random.default_rng(0)
+    dims = ["Aesthetics", "Funniness"]
+    items = {d: read_test_messages(bench / f"test_msg_file/{d}/{d}_messages.json",
+                                   bench / f"test_msg_file/{d}/{d}_scores.json", d) for d in dims}
+    for d in dims:   # sides of 28 to 200 pixels: 1 to 64 visual tokens in the tiny processor's bounds
+        for item in items[d]:
+            path = images / item.image
+            Image.open(path).resize(tuple(int(x) for x in rng.integers(28, 200, 2))).save(path, quality=95)
+    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=12)
+    kw = dict(test_dir=bench / "test_msg_file", image_root=images, dims=dims, mode="expected")
+    padding = Padding(scorer)
+    batched = run_benchmark(padding, out=tmp_path / "batched", batch_size=4, **kw)
+    lengths = [n for call in padding.calls for n in call]
+    assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 4   # longest first, sizes that vary
+    listed = [scorer.prepare.length(Image.open(images / item.image).size, item.prompt) for d in dims for item in items[d]]
+    assert sorted(listed, reverse=True) == lengths                              # exact, for every item
+    pad = lambda ls: sum(max(ls[k:k + 4]) * len(ls[k:k + 4]) - sum(ls[k:k + 4]) for k in range(0, len(ls), 4))
+    assert pad(lengths) < pad(listed) / 2                                       # in listed order: over twice the padding
+    alone = run_benchmark(scorer, out=tmp_path / "alone", batch_size=1, **kw)
+    for d in dims:
+        a, b = read_records(tmp_path / "batched" / d), read_records(tmp_path / "alone" / d)
+        assert sorted(a) == sorted(b) == list(range(8))
+        assert [a[i]["answer"] for i in range(8)] == [b[i]["answer"] for i in range(8)]
+        assert batched[d]["spearman"] == pytest.approx(alone[d]["spearman"], abs=1e-6)
+
+
 class MarkingPreparer:
     """A BatchPreparer that leaves a file behind when it first runs (in a loader worker)."""
 
     def __init__(self, prepare, mark: Path):
-        self.prepare, self.mark, self.dtype = prepare, mark, prepare.dtype
+        self.prepare, self.mark, self.dtype, self.length = prepare, mark, prepare.dtype, prepare.length
 
     def __call__(self, images, prompts):
         self.mark.touch()

@@ -58,6 +58,16 @@ class BatchPreparer:
 
     def __init__(self, processor, family: Family, dtype: torch.dtype):
         self.processor, self.family, self.dtype = processor, family, dtype
+        self._prompt_tokens: dict[str, int] = {}
+
+    def length(self, image_size: tuple[int, int] | None, prompt: str) -> int:
+        """The tokens an item's sequence will have (its chat text, plus its image's visual tokens where
+        they vary with its size, `image_size` = (width, height)): what a batch pads its items up to."""
+        if prompt not in self._prompt_tokens:
+            text = self.family.chat_prompt(self.processor, prompt)
+            self._prompt_tokens[prompt] = len(self.processor.tokenizer(text)["input_ids"])
+        visual = self.family.visual_tokens_added(self.processor, *image_size) if image_size else 0
+        return self._prompt_tokens[prompt] + visual
 
     def __call__(self, images: list, prompts: list[str]) -> dict:
         texts = [self.family.chat_prompt(self.processor, p) for p in prompts]

@@ -74,6 +74,21 @@ class Family:
             fields["longest_edge"] = max_pixels
         image_processor.size = type(size)(**fields)
 
+    def visual_tokens_added(self, processor, width: int, height: int) -> int:
+        """How many tokens an image of this size adds to its chat text's: Qwen's one image placeholder
+        becomes its grid within the processor's pixel bounds (its own smart_resize), merged 2x2. 0 for the
+        others, whose images add no length that varies (Gemma: 256 tokens each; Mllama: cross-attention)."""
+        if self.name != "qwen":
+            return 0
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        ip = processor.image_processor
+        factor = ip.patch_size * ip.merge_size
+        try:
+            h, w = smart_resize(height, width, factor, ip.size.shortest_edge, ip.size.longest_edge)
+        except ValueError:   # an extreme aspect ratio, which the processor rejects when it meets the image
+            return 0
+        return (h // factor) * (w // factor) - 1
+
     def chat_prompt(self, processor, prompt: str) -> str:
         """The family's chat text for one image + one user prompt, ending where the answer starts."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
