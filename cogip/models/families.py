@@ -78,10 +78,10 @@ class Family:
         """How many tokens an image of this size adds to its chat text's: Qwen's one image placeholder
         becomes its grid within the processor's pixel bounds (its own smart_resize), merged 2x2. 0 for the
         others, whose images add no length that varies (Gemma: 256 tokens each; Mllama: cross-attention)."""
-        if self.name != "qwen":
+        ip = processor.image_processor
+        if self.name != "qwen" or not hasattr(ip, "merge_size"):   # not Qwen's processor: loading the model says so
             return 0
         from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        ip = processor.image_processor
         factor = ip.patch_size * ip.merge_size
         try:
             h, w = smart_resize(height, width, factor, ip.size.shortest_edge, ip.size.longest_edge)
