@@ -524,7 +524,8 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
     """Compiling patches torch.nn.Module.__call__ process-wide while it traces: no other batch may run then.
     Real images differ in size, so nearly every batch has a shape of its own; running each new shape alone
     kept every batch alone. Now new shapes run alone only until one compiles nothing; after that batches
-    overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced."""
+    overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced.
+    A batch of a shape already run goes in flight before that, and a new shape after it still compiles."""
     import threading
     import time
     import torch._dynamo
@@ -536,14 +537,18 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
     sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
     batches = [scorer.prepare([Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)],
                               [get_dimension("Aesthetics").prompt] * 2) for _ in range(9)]
-    assert len({b["pixel_values"].shape for b in batches}) == len(batches)   # every batch a new shape
-    spans, real = [], scorer.answer_prepared
+    batches.insert(1, batches[0])   # the first shape again: in flight while the compiled parts still compile
+    assert len({b["pixel_values"].shape for b in batches}) == len(batches) - 1
+    job = {id(b): j for j, b in reversed(list(enumerate(batches)))}
+    spans, real, seen = {}, scorer.answer_prepared, set()
 
     def timed(batch, dim, mode):
+        j = job[id(batch)] if id(batch) not in seen else 1   # batches[1] is batches[0]
+        seen.add(id(batch))
         start, traced = time.perf_counter(), _frames_traced()
         time.sleep(0.2)   # long enough that batches in flight together overlap
         out = real(batch, dim, mode)
-        spans.append((start, time.perf_counter(), _frames_traced() - traced, threading.get_ident()))
+        spans[j] = (start, time.perf_counter(), _frames_traced() - traced, threading.get_ident())
         return out
 
     scorer.answer_prepared = timed
@@ -551,16 +556,19 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
         got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
         assert [j for j, _ in got] == list(range(len(batches))) and all(len(a) == 2 for _, a in got)
         assert torch._dynamo.eval_frame._stance.stance == "default"   # the stance ends with the stream
-        spans.sort()
-        overlaps = lambda a, b: a[0] < b[1] and b[0] < a[1]
-        alone = next(i for i, s in enumerate(spans) if s[2] == 0) + 1   # up to the first that traced nothing
-        assert 2 <= alone < len(spans)                    # static shapes, then dynamic; then settled
-        for first in spans[:alone]:
-            assert not any(overlaps(first, other) for other in spans if other is not first)
-        assert all(s[2] == 0 for s in spans[alone:])      # in flight: nothing traced
-        assert any(overlaps(a, b) for a in spans[alone:] for b in spans[alone:] if a is not b)
+        overlaps = lambda a, b: spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+        traced = [spans[j][2] for j in range(len(batches))]
+        assert traced[0] > 0 and traced[1] == 0 and traced[2] > 0   # static graphs; the same shape; dynamic ones
+        settled = next(j for j in range(2, len(batches)) if traced[j] == 0)   # the first new shape that traced nothing
+        assert settled < len(batches) - 1
+        for j in [0, *range(2, settled + 1)]:             # new shapes while compiling: alone
+            assert not any(overlaps(j, k) for k in spans if k != j)
+        assert all(t == 0 for t in traced[settled:])      # in flight: nothing traced
+        assert any(overlaps(a, b) for a in range(settled + 1, len(batches)) for b in range(a + 1, len(batches)))
         scorer.answer_prepared = real
+        compiled = _frames_traced()
         sequential = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=1))
+        assert _frames_traced() == compiled   # every batch found compiled code: none ran uncompiled for want of it
         assert [[x.text for x in a] for _, a in got] == [[x.text for x in a] for _, a in sequential]
     finally:
         torch._dynamo.reset()

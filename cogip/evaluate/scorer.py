@@ -283,8 +283,8 @@ class Scorer:
                     self._compiling = _frames_traced() > traced
                     yield key, answers
                     continue
-                if self.compiled and stance is None:
-                    stance = _eager_on_recompile()
+                if self.compiled and not self._compiling and stance is None:   # while compiling, batches of
+                    stance = _eager_on_recompile()   # shapes already run go in flight as they are, and new ones still compile
                 pending.append((key, pool.submit(run, batch, dim, mode)))
                 while len(pending) > depth:   # one more than the threads, queued: none waits for this loop
                     key, done = pending.popleft()

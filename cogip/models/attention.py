@@ -75,11 +75,6 @@ def _read_plan(cu_seqlens: torch.Tensor):
     return _PLANS[key]
 
 
-# Opaque to torch.compile as a whole, not only its plan: a compiled block resumed after the plan's graph
-# break guarded on the plan itself (the window length, the list of lengths), so every new mix of image
-# sizes recompiled the vision blocks, to dynamo's recompile limit. Attention is one kernel (or one per
-# window length) either way; what compiling fuses is around it, in the block.
-@torch.compiler.disable
 def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
                 cu_seq_lens_q=None, is_causal=False, **kwargs):
     """query/key/value [1, heads, total, dim] → ([1, total, heads, dim], None), like transformers' flash path."""
@@ -87,19 +82,35 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=is_causal)
         return out.transpose(1, 2), None
-    plan = _plan(cu_seq_lens_q)
-    if isinstance(plan, int):   # equal windows (the usual case: same-size images): views, no gather/scatter copies
+    length = _equal_length(cu_seq_lens_q)
+    if length:   # equal windows (same-size images): views, no gather/scatter copies
         _, heads, total, dim = query.shape
-        q, k, v = (t[0].view(heads, total // plan, plan, dim).transpose(0, 1) for t in (query, key, value))
+        q, k, v = (t[0].view(heads, total // length, length, dim).transpose(0, 1) for t in (query, key, value))
         o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)   # [n, H, L, D]
         return o.transpose(1, 2).reshape(1, total, heads, dim), None
+    return _grouped_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
+
+
+# What a compiled vision block sees of the plan is this one int (0 for windows of several lengths): a
+# block guards on what it sees, and with the plan's index tensors in view it recompiled for every new mix
+# of image sizes (each brings windows of other lengths), to dynamo's recompile limit. The equal-window
+# path stays in the block's graph, as before (same-size images see one length per kind of layer).
+@torch.compiler.disable
+def _equal_length(cu_seqlens: torch.Tensor) -> int:
+    plan = _plan(cu_seqlens)
+    return plan if isinstance(plan, int) else 0
+
+
+@torch.compiler.disable   # as _equal_length: the plan stays out of the compiled block's view
+def _grouped_sdpa(query, key, value, cu_seqlens: torch.Tensor, scaling, is_causal) -> torch.Tensor:
+    """One SDPA call per distinct window length, over the windows of that length gathered."""
     q, k, v = query[0], key[0], value[0]                              # [H, T, D]
     out = torch.empty_like(q)
-    for idx, _ in plan:
+    for idx, _ in _plan(cu_seqlens):
         o = F.scaled_dot_product_attention(q[:, idx].transpose(0, 1), k[:, idx].transpose(0, 1),
                                            v[:, idx].transpose(0, 1), scale=scaling, is_causal=is_causal)
         out[:, idx] = o.transpose(0, 1)                               # [n, H, L, D] -> [H, n, L, D]
-    return out.transpose(0, 1).unsqueeze(0), None
+    return out.transpose(0, 1).unsqueeze(0)
 
 
 PADPAIR_NAME = "sdpa_padpairs_cogip"
@@ -128,7 +139,6 @@ def _read_padding_rows(attention_mask: torch.Tensor):
     return rows, flags[:, rows], ~flags[:, None, None, :]
 
 
-@torch.compiler.disable   # as varlen_sdpa: the padding plan would be guarded on
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """query/key/value [B, H, L, D], attention_mask [B, 1, L, L] additive (min where both patches pad)
     → ([B, L, H, D], None), like transformers' SDPA path."""
