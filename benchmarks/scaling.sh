@@ -12,6 +12,8 @@
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
 #   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
 #   SIDE=896: Qwen's image side instead (and its pixel bounds), e.g. eval_bench.py's shapes; use a WORK of its own
+#   SIZE_RANGE="640 1152": Qwen images of varied sizes (each side drawn from the range, as real benches' images
+#         differ), read within cog_test.sh's default pixel bounds; use a WORK of its own
 #   TEST_N=430: test images per dimension (96; the published test set has 1719 in all, 430 a dimension on average)
 set -uo pipefail
 FAMILY=${FAMILY:-qwen}
@@ -23,13 +25,18 @@ if [ "$SMOKE" = 1 ]; then
 else
   side=${SIDE:-$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120)}; px=$((${SIDE:-1008} * ${SIDE:-1008})); train_n=48; test_n=${TEST_N:-96}; gpus=(1 "$N"); ds_configs=(zero2 zero3 fsdp2); model_args=(); bs=32
 fi
+minpx=$px; maxpx=$px; size_args=(--size "$side")
+if [ -n "${SIZE_RANGE:-}" ]; then   # varied sizes: Qwen's bounds as cog_test.sh's defaults (the CPU smoke: scaled down)
+  size_args=(--size-range $SIZE_RANGE)
+  if [ "$SMOKE" = 1 ]; then minpx=3136; maxpx=12544; else minpx=$((256 * 28 * 28)); maxpx=$((1280 * 28 * 28)); fi
+fi
 [ -d "$W/model" ] || $PY benchmarks/real_model.py --family "$FAMILY" "${model_args[@]}" "$W/model" || exit 1
 # the bench's own images are small (one random stream draws them in order); its images at $side px are drawn
 # for its score lists, in parallel (each has a stream of its own), and resume where an earlier call stopped
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" || exit 1
-$PY -m cogip.cli data synth "$W/images" --from-bench "$W/bench" --size "$side" || exit 1
+$PY -m cogip.cli data synth "$W/images" --from-bench "$W/bench" "${size_args[@]}" || exit 1
 common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/images"
-        REPORT_TO=none MIN_PIXELS=$px MAX_PIXELS=$px PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
+        REPORT_TO=none MIN_PIXELS=$minpx MAX_PIXELS=$maxpx PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
 sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed),
             # or FSDP_DIR (sft/fsdp) for names fsdp*
   local ds=$1 g=$2 parts=${3:-} run="sft_$1_$2gpu${3:+_ckpt-$3}" dsarg=(DS_CONFIG=${DS_DIR:-sft/deepspeed}/$1.json)
@@ -55,7 +62,7 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
   echo "=== $run"
   local t0 rc; t0=$(date +%s.%N)
   env MODEL_ID="$W/model" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" \
-    SAMPLE_N=0 MIN_PIXELS=$px MAX_PIXELS=$px BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
+    SAMPLE_N=0 MIN_PIXELS=$minpx MAX_PIXELS=$maxpx BATCH_SIZE=$bs NUM_GPUS="$1" OUT="$W/$run" "${launcher_env[@]}" \
     bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 ${EVAL_ARGS:-} "${extra[@]}" > "$OUT/$run.log" 2>&1
   rc=$?
   # the whole call as users run it (start-up, model load, loop, metrics), beside timing.json's loop

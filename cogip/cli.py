@@ -10,8 +10,11 @@ from .errors import CogipError
 
 def _data_synth(a) -> int:
     from .data.synth import synth_bench, synth_images_for
+    if a.size_range and not a.from_bench:
+        raise CogipError("--size-range is for --from-bench (the embedded default's images are square)")
     if a.from_bench:
-        n = synth_images_for(a.from_bench, a.dir, seed=a.seed, size=a.size, workers=a.workers)
+        n = synth_images_for(a.from_bench, a.dir, seed=a.seed, size=a.size, workers=a.workers,
+                             size_range=tuple(a.size_range) if a.size_range else None)
         print(f"drew {n} synthetic images for the score lists of {a.from_bench} under {a.dir}")
         return 0
     counts = synth_bench(a.dir, n_per_dim=a.n, n_train=a.n_train, seed=a.seed, size=a.size)
@@ -72,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=84, help="image side in pixels")
     s.add_argument("--workers", type=int, help="with --from-bench: drawing processes (default: every core, at most "
                    "16); the images are the same for any number")
+    s.add_argument("--size-range", type=int, nargs=2, metavar=("LOW", "HIGH"), help="with --from-bench: each "
+                   "image's width and height drawn from LOW..HIGH pixels instead of --size square")
     s.add_argument("--from-bench", metavar="BENCH", help="instead: draw an image for every item of BENCH's "
                    "score lists into DIR/<Dim>/<file> (use DIR as --images for BENCH)")
     s.set_defaults(fn=_data_synth)

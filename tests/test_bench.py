@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from cogip.data.bench import (BenchPaths, load_json, read_score_list, read_test_messages, read_test_split,
                               read_training_json)
@@ -157,6 +158,23 @@ def test_cli_build_and_synth(tmp_path):
 
 def _tree(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_synthetic_images_of_varied_sizes(synth_bench, tmp_path):
+    """--size-range: each image's width and height drawn from the range (real benches' images differ in
+    size), from a stream of its own: the same for any number of processes; the square default unchanged."""
+    from cogip.data.synth import synth_images_for
+    for workers in (1, 2):
+        assert synth_images_for(synth_bench, tmp_path / f"v{workers}", size_range=(40, 80), workers=workers) == 96
+    one, two = _tree(tmp_path / "v1"), _tree(tmp_path / "v2")
+    assert one == two
+    sizes = [Image.open(tmp_path / "v1" / name).size for name in one]
+    assert all(40 <= w <= 80 and 40 <= h <= 80 for w, h in sizes) and len(set(sizes)) > 40
+    assert synth_images_for(synth_bench, tmp_path / "square", size=48, dims=["Aesthetics"], workers=1) == 24
+    assert {Image.open(p).size for p in (tmp_path / "square" / "Aesthetics").iterdir()} == {(48, 48)}
+    run = subprocess.run([sys.executable, "-m", "cogip.cli", "data", "synth", str(tmp_path / "x"), "--size-range", "40", "80"],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().endswith("--size-range is for --from-bench (the embedded default's images are square)")
 
 
 def test_synthetic_images_do_not_depend_on_the_number_of_drawing_processes(synth_bench, tmp_path):

@@ -64,8 +64,9 @@ def test_eval_bench_mixed_sizes_smoke(tmp_path):
 def test_scaling_smoke(tmp_path):
     """benchmarks/scaling.sh on the CPU: a tiny model through finetune_lora.sh and cog_test.sh, read back."""
     import os
+    from PIL import Image
     env = dict(os.environ, SMOKE="1", WORK=str(tmp_path), PYTHON=sys.executable, PROFILE_STEP="2",
-               TIMELINE_STEP="3")
+               TIMELINE_STEP="3", SIZE_RANGE="60 110")
     run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -77,6 +78,8 @@ def test_scaling_smoke(tmp_path):
     timeline = json.loads((tmp_path / "out" / "sft_none_0gpu_timeline_rank0.json").read_text())
     assert timeline["step"] == 3 and timeline["summary"]["language forward"]["calls"] > 1
     assert set(data) == {"sft_none_0gpu", "eval_0gpu"}   # the timeline is no run of its own
+    sizes = {Image.open(p).size for p in (tmp_path / "images").rglob("*.jpg")}   # SIZE_RANGE: images of varied sizes
+    assert len(sizes) > 10 and all(60 <= w <= 110 and 60 <= h <= 110 for w, h in sizes)
     # a named run with extra cog_test.sh arguments and launcher environment: an output folder of its own
     env["RUNS"] = "eval_0gpu@--prefetch=1@--no-pin-memory@SEED=7"
     run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,

@@ -73,12 +73,17 @@ def sample_scores(dim: Dimension, n: int, rng: np.random.Generator, noise: float
 
 
 def _draw_one(job: tuple) -> None:
-    """Draw and write one image; `job` = (dimension, score, rng key, size, path). Written under a temporary
-    name and renamed, so an interrupted run leaves no half-written image for the next run to keep."""
+    """Draw and write one image; `job` = (dimension, score, rng key, size, path), size a side or (width,
+    height): drawn square at the larger, then resized. Written under a temporary name and renamed, so an
+    interrupted run leaves no half-written image for the next run to keep."""
     dim_name, score, key, size, out = job
     rng = np.random.default_rng(key)
+    width, height = (size, size) if isinstance(size, int) else size
+    image = draw(dim_name, score, rng, max(width, height))
+    if width != height:
+        image = image.resize((width, height), Image.BILINEAR)
     tmp = Path(f"{out}.tmp")
-    draw(dim_name, score, rng, size).save(tmp, format="JPEG", quality=95)
+    image.save(tmp, format="JPEG", quality=95)
     os.replace(tmp, out)
 
 
@@ -116,17 +121,25 @@ def synth_bench(root: str | os.PathLike, n_per_dim: int = 400, n_train: int = 30
 
 
 def synth_images_for(bench: str | os.PathLike, image_root: str | os.PathLike, seed: int = 0, size: int = 84,
-                     dims: Iterable[str] | None = None, workers: int | None = None) -> int:
+                     dims: Iterable[str] | None = None, workers: int | None = None,
+                     size_range: tuple[int, int] | None = None) -> int:
     """Draw a synthetic image for every item of `bench`'s score lists (the published images are not
     available); returns the number of images under `image_root/<Dim>/<file>`. Images already there are
-    kept, so an interrupted run resumes."""
+    kept, so an interrupted run resumes. `size_range` = (low, high): each image's width and height drawn
+    from it instead of `size` square, as real benches' images differ in size (what batches pad to)."""
+    def sides(key):
+        if size_range is None:
+            return size
+        low, high = size_range
+        return tuple(int(x) for x in np.random.default_rng([*key, 1]).integers(low, high + 1, 2))   # not the drawing's stream
+
     src, root, jobs, count = BenchPaths(bench), Path(image_root), [], 0
     for name in dims or DIMENSION_NAMES:
         dim = get_dimension(name)
         rows = read_score_list(src.scores(dim.name), dim)
         (root / dim.name).mkdir(parents=True, exist_ok=True)
         d = DIMENSION_NAMES.index(dim.name)
-        jobs += [(dim.name, score, [seed, i, d], size, root / dim.name / file)
+        jobs += [(dim.name, score, [seed, i, d], sides([seed, i, d]), root / dim.name / file)
                  for i, (file, score) in enumerate(rows) if not (root / dim.name / file).is_file()]
         count += len(rows)
     _draw_all(jobs, "synth images", workers)
