@@ -9,10 +9,10 @@ the loop, each on a freshly built model at the largest batch size, with options 
 `warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
 workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU), `prefetchN` (each worker keeps N
 prepared batches ready; 2 otherwise), `nopin` (prepared batches not pinned).
-`base` is the loop with none of them. `--mixed-sizes`: every image a size of its own (sides 5/7 to 9/7 of
-896), read within `cog_test.sh`'s Qwen pixel bounds, as real benches are: nearly every batch then has
-its own tensor shapes, which the same-size images never showed. A variant listed again runs again, its rows as `<variant>_run2`.
-A variant that fails is recorded as its error, and the next runs.
+`base` is the loop with none of them. A variant listed again runs again, its rows as `<variant>_run2`.
+A variant that fails is recorded as its error, and the next runs. `--mixed-sizes`: every image a size of
+its own (sides 5/7 to 9/7 of 896), read within `cog_test.sh`'s Qwen pixel bounds, as real benches are:
+nearly every batch then has tensor shapes of its own, which same-size images never showed.
 
     python benchmarks/eval_bench.py --out DIR            # GPU: 896x896 images = 1024 visual tokens
     python benchmarks/eval_bench.py --out DIR --mixed-sizes --batch-sizes 32 --variants pipe2 compileall+pipe3
@@ -108,10 +108,9 @@ def main():
     bench = make_bench(out / "bench", n, side, a.mixed_sizes)
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "max_new_tokens": MAX_NEW, "n": n, "mixed_sizes": a.mixed_sizes}
-    if a.mixed_sizes:   # what the images come to, in visual tokens (the processor merges 2x2 patches)
-        grids = [processor.image_processor(images=[open_image(path)], return_tensors="pt")["image_grid_thw"]
-                 for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]]
-        tokens = [int(g.prod()) // 4 for g in grids]
+    if a.mixed_sizes:   # what the images come to, in visual tokens (the one placeholder token they replace, back)
+        tokens = [fam.visual_tokens_added(processor, *Image.open(path).size) + 1
+                  for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]]
         results["visual_tokens_first64"] = {"mean": float(np.mean(tokens)), "min": min(tokens), "max": max(tokens)}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU

@@ -175,6 +175,10 @@ def test_synthetic_images_of_varied_sizes(synth_bench, tmp_path):
     run = subprocess.run([sys.executable, "-m", "cogip.cli", "data", "synth", str(tmp_path / "x"), "--size-range", "40", "80"],
                          capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().endswith("--size-range is for --from-bench (the embedded default's images are square)")
+    run = subprocess.run([sys.executable, "-m", "cogip.cli", "data", "synth", str(tmp_path / "x"), "--from-bench",
+                          str(synth_bench), "--size-range", "80", "40"], capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip().endswith("--size-range 80 40: needs 1 <= LOW <= HIGH")
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.jpg"))
 
 
 def test_synthetic_images_do_not_depend_on_the_number_of_drawing_processes(synth_bench, tmp_path):

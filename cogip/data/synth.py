@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tqdm.contrib.concurrent import process_map
 
 from ..dims import DIMENSION_NAMES, Dimension, get_dimension
+from ..errors import CogipError
 from .bench import BenchPaths, read_score_list, write_atomic
 from .build import build_bench
 
@@ -127,6 +128,9 @@ def synth_images_for(bench: str | os.PathLike, image_root: str | os.PathLike, se
     available); returns the number of images under `image_root/<Dim>/<file>`. Images already there are
     kept, so an interrupted run resumes. `size_range` = (low, high): each image's width and height drawn
     from it instead of `size` square, as real benches' images differ in size (what batches pad to)."""
+    if size_range is not None and not 1 <= size_range[0] <= size_range[1]:
+        raise CogipError(f"--size-range {size_range[0]} {size_range[1]}: needs 1 <= LOW <= HIGH")
+
     def sides(key):
         if size_range is None:
             return size
