@@ -373,7 +373,9 @@ class Scorer:
             v = (p * values ** 2).sum().item() - m * m
             mean += m * 10.0 ** exponent
             var += max(v, 0.0) * 10.0 ** (2 * exponent)
-        sign = -1.0 if start > 0 and tokens[start - 1].lstrip("Ġ▁ ").endswith("-") else 1.0
+        # an id past the tokenizer's vocabulary (models pad theirs: Qwen2.5-VL-7B has 152064 rows for 151665
+        # tokens) has no token (None): no sign
+        sign = -1.0 if start > 0 and (tokens[start - 1] or "").lstrip("Ġ▁ ").endswith("-") else 1.0
         ans.score = min(max(sign * mean, dim.low), dim.high)
         ans.spread = math.sqrt(var)
 
