@@ -30,6 +30,7 @@ graphs() {   # one GPU: CUDA-graphed language blocks through the SFT launcher (R
 probe() { python3 benchmarks/first_batch_probe.py --runs ${PROBE_RUNS:-default expandable default expandable} --out "$RES/first_batch_probe.json"; }
 breakdown() { python3 benchmarks/eval_breakdown.py ${BREAKDOWN_ARGS:-}; }   # e.g. BREAKDOWN_ARGS="--compile all --stream 6"
 sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
+shapes() { python3 benchmarks/compiled_shapes.py --out "$RES/shapes" ${SHAPES_ARGS:-}; }   # compiled parts on images of varied sizes
 numerics() { python3 benchmarks/graph_numerics.py --out "$RES/numerics" ${NUMERICS_ARGS:-}; }   # graphed vs eager training, fp32 and bf16
 gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
 llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours} ${LLAMA_ARGS:-}; }   # e.g. LLAMA_ARGS="--diagnose ours"
@@ -49,7 +50,7 @@ run_section() {
     multigpu) section multigpu multigpu ;;
     train) section train train ;;
     breakdown) section breakdown breakdown ;;
-    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs|numerics|probe) section "$1" "$1" ;;
+    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs|numerics|probe|shapes) section "$1" "$1" ;;
     scaling:*) FAMILY=${1#scaling:} section "scaling_${1#scaling:}" scaling ;;   # e.g. LANES="0=scaling:qwen 1=scaling:gemma"
   esac
 }

@@ -61,6 +61,21 @@ def test_eval_bench_mixed_sizes_smoke(tmp_path):
     assert data["compile+pipe2_generate_bs4_img_s"] > 0 and data["compile+pipe2_expected_bs4_img_s"] > 0
 
 
+def test_compiled_shapes_smoke(tmp_path):
+    """compiled_shapes.py on the CPU (tiny Qwen): a row per batch of a new shape, uncompiled and compiled, and
+    the loop's stream both ways; the compiled parts trace while warming up and not for shapes already run."""
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "compiled_shapes.py", "--out", str(tmp_path),
+                          "--batches", "4", "--warm", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((tmp_path / "compiled_shapes.json").read_text())
+    assert len(data["eager_alone"]) == len(data["compiled_alone"]) == 2
+    assert len({r["patches"] for r in data["compiled_warm"] + data["compiled_alone"]}) == 4   # four sizes
+    assert sum(r["vision_traced"] for r in data["compiled_warm"]) > 0
+    assert all(r["vision_traced"] == r["generate_traced"] == 0
+               for r in data["eager_alone"] + data["compiled_alone_again_stance"])
+    assert data["eager_stream"]["images_per_s"] > 0 and data["compiled_stream"]["images_per_s"] > 0
+
+
 def test_scaling_smoke(tmp_path):
     """benchmarks/scaling.sh on the CPU: a tiny model through finetune_lora.sh and cog_test.sh, read back."""
     import os
