@@ -4,7 +4,7 @@ batch of a shape not run before, the vision tower's and `generate`'s time uncomp
 batches through the loop's `answer_stream` with batches in flight. Says whether the compiled parts help
 or hurt once every batch is a new shape, and whether that comes from the kernels or the scheduling.
 
-    python benchmarks/compiled_shapes.py --out DIR [--batches 8] [--warm 3] [--pipeline 3]
+    python benchmarks/compiled_shapes.py --out DIR [--batches 8] [--warm 3] [--pipeline 3] [--dynamic]
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def main():
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--warm", type=int, default=3, help="batches that let the compiled graphs go dynamic first")
     p.add_argument("--pipeline", type=int, default=3)
+    p.add_argument("--dynamic", action="store_true", help="vision blocks compiled with dynamic shapes from the "
+                                                          "first batch (one compile instead of static, then dynamic)")
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def main():
     batches = mixed_batches(scorer, a.batches, cuda)
     warm, timed = batches[:a.warm], batches[a.warm:]
     res = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-           "batch": BATCH, "pipeline": a.pipeline}
+           "batch": BATCH, "pipeline": a.pipeline, "dynamic": a.dynamic}
     print("== uncompiled", flush=True)
     per_batch(scorer, warm[:1], sync)   # CUDA and allocator warm-up
     res["eager_alone"] = per_batch(scorer, timed, sync)
@@ -112,7 +114,7 @@ def main():
     print("eager stream", res["eager_stream"], flush=True)
 
     print("== compiled (all), warm-up batches", flush=True)
-    compile_blocks(model, fam, "all")
+    compile_blocks(model, fam, "all", dynamic=True if a.dynamic else None)
     scorer.compiled, scorer._compiling = True, True
     res["compiled_warm"] = per_batch(scorer, warm, sync)
     res["compiled_alone"] = per_batch(scorer, timed, sync)   # first time each shape is seen

@@ -61,16 +61,20 @@ def test_eval_bench_mixed_sizes_smoke(tmp_path):
     assert data["compile+pipe2_generate_bs4_img_s"] > 0 and data["compile+pipe2_expected_bs4_img_s"] > 0
 
 
-def test_compiled_shapes_smoke(tmp_path):
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_compiled_shapes_smoke(tmp_path, dynamic):
     """compiled_shapes.py on the CPU (tiny Qwen): a row per batch of a new shape, uncompiled and compiled, and
-    the loop's stream both ways; the compiled parts trace while warming up and not for shapes already run."""
+    the loop's stream both ways; the compiled parts trace while warming up and not for shapes already run.
+    The vision blocks recompile for the second size, unless compiled dynamic from the first (--dynamic)."""
     run = subprocess.run([sys.executable, ROOT / "benchmarks" / "compiled_shapes.py", "--out", str(tmp_path),
-                          "--batches", "4", "--warm", "2"], cwd=ROOT, capture_output=True, text=True)
+                          "--batches", "4", "--warm", "2", *(["--dynamic"] if dynamic else [])], cwd=ROOT,
+                         capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((tmp_path / "compiled_shapes.json").read_text())
     assert len(data["eager_alone"]) == len(data["compiled_alone"]) == 2
     assert len({r["patches"] for r in data["compiled_warm"] + data["compiled_alone"]}) == 4   # four sizes
-    assert sum(r["vision_traced"] for r in data["compiled_warm"]) > 0
+    first, second = data["compiled_warm"]
+    assert first["vision_traced"] > 0 and (second["vision_traced"] == 0) == dynamic
     assert all(r["vision_traced"] == r["generate_traced"] == 0
                for r in data["eager_alone"] + data["compiled_alone_again_stance"])
     assert data["eager_stream"]["images_per_s"] > 0 and data["compiled_stream"]["images_per_s"] > 0

@@ -108,20 +108,22 @@ def repeated_blocks(model, family: Family):
             yield name, module, "vision" if part == "projector" else part
 
 
-def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision") -> int:
+def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision", dynamic: bool | None = None) -> int:
     """`torch.compile` the repeated blocks of `parts` (fuses their elementwise work: norms, rotary
     embeddings, activations); returns how many modules. Compilation happens on the first forward.
 
     A language block carries the KV cache while generating, whose changing length and Python state
     would recompile a compiled block at every decoding step; there only the stateless children (the
-    MLP and the norms) are compiled, with dynamic shapes (one graph for prefill and decoding)."""
+    MLP and the norms) are compiled, with dynamic shapes (one graph for prefill and decoding).
+    `dynamic` is the vision blocks' `torch.compile(dynamic=...)`: None (static graphs first, dynamic ones
+    on the first recompile) or True (dynamic from the first batch: one compile where image sizes vary)."""
     wanted = parse_parts(parts)
     n = 0
     for _, block, part in repeated_blocks(model, family):
         if part not in wanted:
             continue
         if part == "vision":
-            block.compile()
+            block.compile(dynamic=dynamic)
             n += 1
             continue
         for child in block.children():
