@@ -455,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
     p.add_argument("--compile", nargs="?", const="vision", default="none", metavar="PARTS",
                    help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
-                        "language, all (GPU; the first batch compiles)")
+                        "language, all (GPU; for long runs: compiling delays the first answers by seconds, "
+                        "which a run of a few hundred images does not win back; docs/benchmarks.md)")
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
                                                 "each holds its own activations)")
