@@ -23,15 +23,16 @@ from cogip.evaluate.scorer import Scorer, _eager_on_recompile, _frames_traced
 from cogip.models.blocks import compile_blocks
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
+from eval_bench import mixed_pixel_bounds, mixed_sides   # beside this script: the images eval_bench.py draws
 
 BATCH = 32
 
 
 def mixed_batches(scorer: Scorer, n_batches: int, cuda: bool) -> list[dict]:
-    """Batches of BATCH images whose sides are drawn from 640-1152 px (84 +- 2/7 on the CPU), longest first as
-    the loop orders them, prepared as the loop's workers prepare them."""
+    """Batches of BATCH images whose sides are drawn as eval_bench.py --mixed-sizes draws them (640-1152 px;
+    60-108 on the CPU), longest first as the loop orders them, prepared as the loop's workers prepare them."""
     rng = np.random.default_rng(0)
-    low, high = (640, 1152) if cuda else (60, 108)
+    low, high = mixed_sides(896 if cuda else 84)
     sizes = [tuple(int(x) for x in rng.integers(low, high + 1, 2)) for _ in range(n_batches * BATCH)]
     prompt = DIMENSIONS["Aesthetics"].prompt
     sizes.sort(key=lambda s: -scorer.prepare.length(s, prompt))
@@ -92,7 +93,7 @@ def main():
     fam = FAMILIES["qwen"]
     tiny = build_tiny("qwen", out / "tiny_qwen")
     processor = fam.load_processor(tiny)
-    fam.set_pixel_bounds(processor, *((256 * 28 * 28, 1280 * 28 * 28) if cuda else (56 * 56, 112 * 112)))
+    fam.set_pixel_bounds(processor, *mixed_pixel_bounds(cuda))
     if cuda:
         from cogip.models.configs import qwen2_5_vl_7b
         torch.manual_seed(0)

@@ -42,15 +42,27 @@ from cogip.models.tiny import build_tiny
 MAX_NEW = 10   # a describe-then-predict answer is ~8 tokens; random weights never stop by themselves
 
 
+def mixed_sides(side: int) -> tuple[int, int]:
+    """The range each side of a --mixed-sizes image is drawn from: 5/7 to 9/7 of `side` (640-1152 at 896 px)."""
+    return side * 5 // 7, side * 9 // 7
+
+
+def mixed_pixel_bounds(cuda: bool) -> tuple[int, int]:
+    """The pixel bounds --mixed-sizes images are read within: cog_test.sh's Qwen defaults (256-1280 visual
+    tokens); on the CPU scaled down, as its images are."""
+    return (256 * 28 * 28, 1280 * 28 * 28) if cuda else (56 * 56, 112 * 112)
+
+
 def make_bench(root: Path, n: int, side: int, mixed: bool = False) -> Path:
-    """n random JPEGs of side x side, or with `mixed` of sides drawn from [5/7, 9/7] of `side` each."""
+    """n random JPEGs of side x side, or with `mixed` of sides drawn from `mixed_sides(side)` each."""
+    low, high = mixed_sides(side)
     dim = DIMENSIONS["Aesthetics"]
     rng = np.random.default_rng(0)
     (root / "img" / dim.name).mkdir(parents=True, exist_ok=True)
     msgs, answers = [], []
     for i in range(n):
         name = f"{dim.name}/{i:06d}.jpg"
-        shape = tuple(int(x) for x in rng.integers(side * 5 // 7, side * 9 // 7 + 1, 2)) if mixed else (side, side)
+        shape = tuple(int(x) for x in rng.integers(low, high + 1, 2)) if mixed else (side, side)
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(root / "img" / name, quality=90)
         msgs.append([{"role": "user", "content": [{"type": "image", "image": name}, {"type": "text", "text": dim.prompt}]}])
         answers.append(dim.format_answer(round(float(rng.uniform(1, 9)), 3)))
@@ -92,8 +104,8 @@ def main():
     tiny = build_tiny("qwen", out / "tiny_qwen")
     processor = fam.load_processor(tiny)
     side = 896 if cuda else 84
-    if a.mixed_sizes:   # cog_test.sh's Qwen bounds; the CPU's scaled down as its images are
-        fam.set_pixel_bounds(processor, *((256 * 28 * 28, 1280 * 28 * 28) if cuda else (56 * 56, 112 * 112)))
+    if a.mixed_sizes:
+        fam.set_pixel_bounds(processor, *mixed_pixel_bounds(cuda))
     else:
         fam.set_pixel_bounds(processor, side * side, side * side)
     def build():
@@ -109,8 +121,10 @@ def main():
     results = {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                "max_new_tokens": MAX_NEW, "n": n, "mixed_sizes": a.mixed_sizes}
     if a.mixed_sizes:   # what the images come to, in visual tokens (the one placeholder token they replace, back)
-        tokens = [fam.visual_tokens_added(processor, *Image.open(path).size) + 1
-                  for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]]
+        tokens = []
+        for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]:
+            with Image.open(path) as image:   # the header only
+                tokens.append(fam.visual_tokens_added(processor, *image.size) + 1)
         results["visual_tokens_first64"] = {"mean": float(np.mean(tokens)), "min": min(tokens), "max": max(tokens)}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU

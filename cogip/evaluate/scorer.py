@@ -334,7 +334,9 @@ class Scorer:
     def _expect(self, ans: Answer, ids: list[int], logp: torch.Tensor, dim: Dimension, spans: dict[int, slice],
                 at: dict[int, int]) -> None:
         """logp [n, columns] on the CPU: log-probabilities of the `_score_columns` at each answer step."""
-        tokens = self.tokenizer.convert_ids_to_tokens(ids)
+        # an id past the tokenizer's vocabulary (models pad theirs: Qwen2.5-VL-7B has 152064 rows for 151665
+        # tokens) has no token (None): read as empty text (no sign, no decimal point)
+        tokens = [t or "" for t in self.tokenizer.convert_ids_to_tokens(ids)]
         # label probabilities: labels start at the answer's first token
         probs: dict[str, float] = {}
         for label, lids in self._label_trie(dim):
@@ -373,9 +375,7 @@ class Scorer:
             v = (p * values ** 2).sum().item() - m * m
             mean += m * 10.0 ** exponent
             var += max(v, 0.0) * 10.0 ** (2 * exponent)
-        # an id past the tokenizer's vocabulary (models pad theirs: Qwen2.5-VL-7B has 152064 rows for 151665
-        # tokens) has no token (None): no sign
-        sign = -1.0 if start > 0 and (tokens[start - 1] or "").lstrip("Ġ▁ ").endswith("-") else 1.0
+        sign = -1.0 if start > 0 and tokens[start - 1].lstrip("Ġ▁ ").endswith("-") else 1.0
         ans.score = min(max(sign * mean, dim.low), dim.high)
         ans.spread = math.sqrt(var)
 
