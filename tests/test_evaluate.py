@@ -605,6 +605,47 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
         torch._dynamo.reset()
 
 
+def test_vision_blocks_compiled_dynamic_compile_once_for_images_of_varied_sizes(trained):
+    """`compile_dynamic=True` (cog_test.sh --compile-dynamic): the first batch compiles dynamic graphs, so the
+    second new shape already traces nothing and the batches after it go in flight; the same answers as uncompiled."""
+    import threading
+    import time
+    import torch._dynamo
+    from cogip.evaluate.scorer import _frames_traced
+    torch._dynamo.reset()
+    bounds = dict(max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
+    scorer = Scorer.load(str(trained["qwen"]), compile="vision", compile_dynamic=True, **bounds)
+    rng = np.random.default_rng(1)
+    sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
+    images = [[Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)] for _ in range(6)]
+    batches = [scorer.prepare(im, [get_dimension("Aesthetics").prompt] * 2) for im in images]
+    assert len({b["pixel_values"].shape for b in batches}) == len(batches)
+    spans, real = {}, scorer.answer_prepared
+
+    def timed(batch, dim, mode):
+        j = next(i for i, b in enumerate(batches) if b is batch)
+        start, traced = time.perf_counter(), _frames_traced()
+        time.sleep(0.2)   # long enough that batches in flight together overlap
+        out = real(batch, dim, mode)
+        spans[j] = (start, time.perf_counter(), _frames_traced() - traced, threading.get_ident())
+        return out
+
+    scorer.answer_prepared = timed
+    try:
+        got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
+        traced = [spans[j][2] for j in range(len(batches))]
+        assert traced[0] > 0 and all(t == 0 for t in traced[1:])   # one compile, for every size
+        overlaps = lambda a, b: spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+        assert not any(overlaps(j, k) for j in (0, 1) for k in spans if k != j)   # alone until a new shape traced nothing
+        assert any(overlaps(a, b) for a in range(2, len(batches)) for b in range(a + 1, len(batches)))
+    finally:
+        scorer.answer_prepared = real
+        torch._dynamo.reset()
+    eager = Scorer.load(str(trained["qwen"]), **bounds)
+    assert [[x.text for x in a] for _, a in got] == [[x.text for x in eager.answer_prepared(b, "Aesthetics", "generate")]
+                                                    for b in batches]
+
+
 def test_parse_failures_are_counted(tiny_models, synth_bench, tmp_path):
     run = cog_test("gemma", tiny_models["gemma"], synth_bench, tmp_path / "raw", MODE="generate")
     assert run.returncode == 0, run.stderr[-2000:]

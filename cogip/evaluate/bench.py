@@ -457,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
                         "language, all (GPU; for long runs: compiling delays the first answers by seconds, "
                         "which a run of a few hundred images does not win back; docs/benchmarks.md)")
+    p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the vision blocks with dynamic shapes from the first batch (one compile where image "
+                        "sizes vary); default: torch's, static graphs first, dynamic ones on the first new size")
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
                                                 "each holds its own activations)")
@@ -486,7 +489,7 @@ def _evaluate(a) -> None:
         # the processor now, the weights inside the loop's start-up, while its loader prepares the first batches
         scorer = ScorerLoading(a.model_id, a.base_model, a.family, dtype=dtype, device=str(state.device),
                                max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels, max_pixels=a.max_pixels,
-                               compile=a.compile)
+                               compile=a.compile, compile_dynamic=a.compile_dynamic)
         run_benchmark(scorer, a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.batch_size, a.mode,
                       accelerator=state if state.num_processes > 1 else None,
                       run_info={"model_id": a.model_id, "base_model": a.base_model},

@@ -88,10 +88,11 @@ class ScorerLoading:
 
     def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
                  device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-                 max_pixels: int | None = None, compile: str = "none"):
+                 max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = None):
         from ..train.merge import adapter_base, processor_source
         self.model_id, self.base_model, self.device = model_id, base_model, device
-        self.dtype_arg, self.max_new_tokens, self.compile = dtype, max_new_tokens, compile
+        self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
+        self.compile, self.compile_dynamic = compile, compile_dynamic
         self.is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
         if self.is_adapter:
             weights_src = base_model or adapter_base(model_id)
@@ -123,7 +124,8 @@ class ScorerLoading:
             model = self.family.load_model(self.model_id, dtype=self.dtype_arg)
         if self.device:
             model = model.to(self.device)
-        return Scorer(model, self.processor, self.family, self.max_new_tokens, self.compile)
+        return Scorer(model, self.processor, self.family, self.max_new_tokens, self.compile,
+                      compile_dynamic=self.compile_dynamic)
 
 
 def _frames_traced() -> int:
@@ -140,7 +142,7 @@ def _eager_on_recompile():
 
 class Scorer:
     def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none",
-                 cudnn_attention: bool = False):
+                 cudnn_attention: bool = False, compile_dynamic: bool | None = None):
         self.model, self.processor, self.family = model.eval(), processor, family
         # cuDNN's fused attention builds (and compiles) a plan for every new shape in every thread, with
         # memory outside PyTorch's allocator; decoding meets a new shape at every step. On an H100 that
@@ -150,7 +152,8 @@ class Scorer:
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
         use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
-        self.compiled = compile_blocks(model, family, compile) > 0   # fuses elementwise work (docs/benchmarks.md)
+        # fuses elementwise work (docs/benchmarks.md); compile_dynamic: compile_blocks' `dynamic` for the vision blocks
+        self.compiled = compile_blocks(model, family, compile, dynamic=compile_dynamic) > 0
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self._compiling = self.compiled   # until a batch of a new shape compiles nothing (answer_stream)
         self.max_new_tokens = max_new_tokens
@@ -162,10 +165,10 @@ class Scorer:
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-             max_pixels: int | None = None, compile: str = "none") -> "Scorer":
+             max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = None) -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
         return ScorerLoading(model_id, base_model, family, dtype, device, max_new_tokens, min_pixels, max_pixels,
-                             compile).load()
+                             compile, compile_dynamic).load()
 
     # ------------------------------------------------------------------ generation
     def _attention_backends(self):
