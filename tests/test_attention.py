@@ -155,6 +155,38 @@ def test_compiled_vision_blocks_trace_nothing_for_new_image_sizes(tiny_models, f
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("family", ["qwen", "llama"])
+def test_vision_blocks_compiled_dynamic_compile_once_whatever_the_first_batch(tiny_models, family):
+    """compile_blocks(dynamic=True), as `cog_test.sh --compile --compile-dynamic`: one compilation serves every
+    block and every later mix of sizes. A first batch of same-size images (equal windows) then batches of
+    mixed sizes recompile nothing. Before: the equal-window branch, traced into the blocks, was traced again
+    at the first mixed batch (on an H200, seconds of a whole call), and Qwen's first block, whose input is a
+    view, compiled graphs of its own."""
+    import torch._dynamo
+    from torch._dynamo.utils import guard_failures
+    from cogip.evaluate.scorer import Scorer, _frames_traced
+    fam = FAMILIES[family]
+    processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
+    torch._dynamo.reset()
+    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision",
+                    compile_dynamic=True)
+    rng = np.random.default_rng(0)
+    answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                                          for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")
+    try:
+        answer([(224, 224)] * 3)
+        traced = _frames_traced()
+        assert traced > 0
+        for sizes in ([(112, 140), (200, 84), (150, 150)], [(84, 84), (196, 112), (140, 168)]):
+            answer(sizes)
+            assert _frames_traced() == traced, sizes
+        # nothing compiled twice, but for a second kind of block: Mllama's gated global encoder layers
+        reasons = [r for failures in guard_failures.values() for r in failures]
+        assert all(family == "llama" and "is_gated" in r for r in reasons), reasons
+    finally:
+        torch._dynamo.reset()
+
+
 def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models, monkeypatch):
     """Qwen's Conv3d patch embedding run as one matrix product: the same vision output and weight
     gradient as the convolution; other input shapes still go through the convolution itself."""

@@ -44,10 +44,6 @@ def _per_tensor(cache: list, tensor: torch.Tensor, compute):
 _RECENT_PLANS: list = []
 
 
-# Opaque to torch.compile (a graph break, as the host read in it is anyway): traced, dynamo guarded on
-# the caches' contents, which change with every forward, and recompiled the compiled vision blocks
-# again and again until its recompile limit, and then ran them uncompiled.
-@torch.compiler.disable
 def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     """L when every sequence has length L (then they tile the tokens and plain views do); otherwise
     [(index tensor [n, L] of token positions, L)] per distinct length L. Cached by content (the
@@ -82,35 +78,34 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=is_causal)
         return out.transpose(1, 2), None
-    length = _equal_length(cu_seq_lens_q)
-    if length:   # equal windows (same-size images): views, no gather/scatter copies
-        _, heads, total, dim = query.shape
-        q, k, v = (t[0].view(heads, total // length, length, dim).transpose(0, 1) for t in (query, key, value))
-        o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)   # [n, H, L, D]
-        return o.transpose(1, 2).reshape(1, total, heads, dim), None
-    return _grouped_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
+    return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
 
 
-# What a compiled vision block sees of the plan is this one int (0 for windows of several lengths): a
-# block guards on what it sees, and with the plan's index tensors in view it recompiled for every new mix
-# of image sizes (each brings windows of other lengths), to dynamo's recompile limit. The equal-window
-# path stays in the block's graph, as before (same-size images see one length per kind of layer).
+# Opaque whole to torch.compile (a graph break, as the plan's host read is anyway), equal windows too. A
+# compiled vision block guards on what it sees: the plan's caches, traced, change with every forward, and its
+# index tensors with every new mix of image sizes; either recompiled the block up to dynamo's recompile limit.
+# With the equal-length branch in view (until 2026-11-29), blocks compiled on a batch of same-size images
+# traced again at the first batch of mixed sizes (docs/benchmarks.md, nineteenth round).
 @torch.compiler.disable
-def _equal_length(cu_seqlens: torch.Tensor) -> int:
+def _windowed_sdpa(query, key, value, cu_seqlens: torch.Tensor, scaling, is_causal) -> torch.Tensor:
+    """[1, H, T, D] → [1, T, H, D]. Equal windows (same-size images): plain views, no gather/scatter copies;
+    otherwise one SDPA call per distinct window length, over the windows of that length gathered."""
     plan = _plan(cu_seqlens)
-    return plan if isinstance(plan, int) else 0
-
-
-@torch.compiler.disable   # as _equal_length: the plan stays out of the compiled block's view
-def _grouped_sdpa(query, key, value, cu_seqlens: torch.Tensor, scaling, is_causal) -> torch.Tensor:
-    """One SDPA call per distinct window length, over the windows of that length gathered."""
+    _, heads, total, dim = query.shape
+    # A new tensor, not a view, from either path: a compiled block resumed after this guards on whether its
+    # input is a view and on the view's base, and traced again when the path changed.
+    out = query.new_empty(1, total, heads, dim)
+    if isinstance(plan, int):
+        q, k, v = (t[0].view(heads, total // plan, plan, dim).transpose(0, 1) for t in (query, key, value))
+        o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)   # [n, H, L, D]
+        out.view(total // plan, plan, heads, dim).copy_(o.transpose(1, 2))   # ~0.3% of a batch's time (H200)
+        return out
     q, k, v = query[0], key[0], value[0]                              # [H, T, D]
-    out = torch.empty_like(q)
-    for idx, _ in _plan(cu_seqlens):
+    for idx, _ in plan:
         o = F.scaled_dot_product_attention(q[:, idx].transpose(0, 1), k[:, idx].transpose(0, 1),
                                            v[:, idx].transpose(0, 1), scale=scaling, is_causal=is_causal)
-        out[:, idx] = o.transpose(0, 1)                               # [n, H, L, D] -> [H, n, L, D]
-    return out.transpose(0, 1).unsqueeze(0)
+        out[0, idx] = o.transpose(1, 2)                               # [n, H, L, D] -> [n, L, H, D]
+    return out
 
 
 PADPAIR_NAME = "sdpa_padpairs_cogip"

@@ -124,6 +124,8 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision",
             continue
         if part == "vision":
             block.compile(dynamic=dynamic)
+            if callable(getattr(block, "_compiled_call_impl", None)):   # torch's nn.Module.compile
+                block._compiled_call_impl = _unaliased_input(block._compiled_call_impl)
             n += 1
             continue
         for child in block.children():
@@ -131,6 +133,22 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision",
                 child.compile(dynamic=True)
                 n += 1
     return n
+
+
+def _unaliased_input(compiled):
+    """`compiled` called with its hidden states (the first argument, or `hidden_states=`) made a tensor of
+    their own where they are a view (one copy, before the compiled code). Dynamo guards on whether an input
+    is a view and on its base: a first vision block gets a view (Qwen: the window-ordered patches), the
+    others their predecessor's output, so the first block compiled graphs of its own, seconds on a GPU."""
+    is_view = lambda x: torch.is_tensor(x) and x._base is not None
+
+    def call(*args, **kwargs):
+        if args and is_view(args[0]):
+            args = (args[0].clone(), *args[1:])
+        elif is_view(kwargs.get("hidden_states")):
+            kwargs["hidden_states"] = kwargs["hidden_states"].clone()
+        return compiled(*args, **kwargs)
+    return call
 
 
 def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | None = "reduce-overhead",
