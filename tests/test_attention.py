@@ -115,7 +115,7 @@ def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family
     scorer = Scorer(model, processor, fam, max_new_tokens=2, compile="vision")
     rng = np.random.default_rng(0)
     images = lambda: [Image.fromarray(rng.integers(0, 256, (84, 112, 3), dtype=np.uint8)) for _ in range(2)]
-    for _ in range(2):   # the first shapes compile; the second call makes the shapes dynamic
+    for _ in range(2):   # the first call compiles; a second settles what still would (static graphs: dynamic ones)
         scorer.answer(images(), ["Rate it."] * 2, "Aesthetics")
     expected = scorer.answer(first := images(), ["Rate it."] * 2, "Aesthetics")
     try:
@@ -139,7 +139,8 @@ def test_compiled_vision_blocks_trace_nothing_for_new_image_sizes(tiny_models, f
     fam = FAMILIES[family]
     processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
     torch._dynamo.reset()
-    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision")
+    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision",
+                    compile_dynamic=None)   # torch's default; dynamic from the first batch: the test below
     rng = np.random.default_rng(0)
     answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
                                           for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")
@@ -157,7 +158,7 @@ def test_compiled_vision_blocks_trace_nothing_for_new_image_sizes(tiny_models, f
 
 @pytest.mark.parametrize("family", ["qwen", "llama"])
 def test_vision_blocks_compiled_dynamic_compile_once_whatever_the_first_batch(tiny_models, family):
-    """compile_blocks(dynamic=True), as `cog_test.sh --compile --compile-dynamic`: one compilation serves every
+    """Compiled with dynamic shapes from the first batch (the Scorer's default): one compilation serves every
     block and every later mix of sizes. A first batch of same-size images (equal windows) then batches of
     mixed sizes recompile nothing. Before: the equal-window branch, traced into the blocks, was traced again
     at the first mixed batch (on an H200, seconds of a whole call), and Qwen's first block, whose input is a
@@ -168,8 +169,7 @@ def test_vision_blocks_compiled_dynamic_compile_once_whatever_the_first_batch(ti
     fam = FAMILIES[family]
     processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
     torch._dynamo.reset()
-    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision",
-                    compile_dynamic=True)
+    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision")
     rng = np.random.default_rng(0)
     answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
                                           for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")

@@ -563,7 +563,7 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
     from cogip.evaluate.scorer import _frames_traced
     torch._dynamo.reset()
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224,
-                         compile="vision")
+                         compile="vision", compile_dynamic=None)   # torch's default: static graphs, then dynamic
     rng = np.random.default_rng(0)
     sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
     batches = [scorer.prepare([Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)],
@@ -606,7 +606,7 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
 
 
 def test_vision_blocks_compiled_dynamic_compile_once_for_images_of_varied_sizes(trained):
-    """`compile_dynamic=True` (cog_test.sh --compile-dynamic): the first batch compiles dynamic graphs, so the
+    """Compiled parts, by default with dynamic shapes from the first batch (cog_test.sh --compile-dynamic): the
     second new shape already traces nothing and the batches after it go in flight; the same answers as uncompiled."""
     import threading
     import time
@@ -614,7 +614,7 @@ def test_vision_blocks_compiled_dynamic_compile_once_for_images_of_varied_sizes(
     from cogip.evaluate.scorer import _frames_traced
     torch._dynamo.reset()
     bounds = dict(max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
-    scorer = Scorer.load(str(trained["qwen"]), compile="vision", compile_dynamic=True, **bounds)
+    scorer = Scorer.load(str(trained["qwen"]), compile="vision", **bounds)
     rng = np.random.default_rng(1)
     sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
     images = [[Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)] for _ in range(6)]

@@ -457,9 +457,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
                         "language, all (GPU; for long runs: compiling delays the first answers by seconds, "
                         "which a run of a few hundred images does not win back; docs/benchmarks.md)")
-    p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=None,
-                   help="compile the vision blocks with dynamic shapes from the first batch (one compile where image "
-                        "sizes vary); default: torch's, static graphs first, dynamic ones on the first new size")
+    p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --compile: the vision blocks compiled with dynamic shapes from the first batch, one "
+                        "compile for images of every size (default); --no-compile-dynamic: torch's default, static "
+                        "graphs first and dynamic ones at the first new size")
     p.add_argument("--num-workers", type=int, help="batch-preparing loader workers (default: 8 on GPU, 0 on CPU)")
     p.add_argument("--pipeline", type=int, help="batches in flight on the device at once (default: 2 on GPU, 1 on CPU; "
                                                 "each holds its own activations)")

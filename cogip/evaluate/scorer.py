@@ -88,7 +88,7 @@ class ScorerLoading:
 
     def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
                  device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-                 max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = None):
+                 max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = True):
         from ..train.merge import adapter_base, processor_source
         self.model_id, self.base_model, self.device = model_id, base_model, device
         self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
@@ -142,7 +142,7 @@ def _eager_on_recompile():
 
 class Scorer:
     def __init__(self, model, processor, family: Family, max_new_tokens: int = 24, compile: str = "none",
-                 cudnn_attention: bool = False, compile_dynamic: bool | None = None):
+                 cudnn_attention: bool = False, compile_dynamic: bool | None = True):
         self.model, self.processor, self.family = model.eval(), processor, family
         # cuDNN's fused attention builds (and compiles) a plan for every new shape in every thread, with
         # memory outside PyTorch's allocator; decoding meets a new shape at every step. On an H100 that
@@ -152,7 +152,9 @@ class Scorer:
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
         use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
-        # fuses elementwise work (docs/benchmarks.md); compile_dynamic: compile_blocks' `dynamic` for the vision blocks
+        # fuses elementwise work (docs/benchmarks.md). compile_dynamic: compile_blocks' `dynamic` for the vision blocks;
+        # True (one compile, dynamic shapes from the first batch): real images differ in size, so the graphs end up
+        # dynamic anyway, and compiling static ones first costs a second compile (nineteenth round)
         self.compiled = compile_blocks(model, family, compile, dynamic=compile_dynamic) > 0
         self._compiled_shapes: set[tuple] = set()   # batch shapes the compiled parts have already run
         self._compiling = self.compiled   # until a batch of a new shape compiles nothing (answer_stream)
@@ -165,7 +167,7 @@ class Scorer:
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-             max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = None) -> "Scorer":
+             max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = True) -> "Scorer":
         """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
         return ScorerLoading(model_id, base_model, family, dtype, device, max_new_tokens, min_pixels, max_pixels,
                              compile, compile_dynamic).load()
