@@ -551,52 +551,74 @@ def test_bad_image_met_by_the_loader_first_is_the_checks_one_line(tiny_models, s
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
+def _stream_timed(scorer, batches, index_of, depth=3):
+    """`scorer.answer_stream` over `batches`, each answer held 0.2 s (long enough that batches in flight together
+    overlap) and timed: (answers in job order, {job: (start, end, frames traced meanwhile)})."""
+    import time
+    from cogip.evaluate.scorer import _frames_traced
+    spans, real = {}, scorer.answer_prepared
+
+    def timed(batch, dim, mode):
+        j = index_of(batch)
+        start, traced = time.perf_counter(), _frames_traced()
+        time.sleep(0.2)
+        out = real(batch, dim, mode)
+        spans[j] = (start, time.perf_counter(), _frames_traced() - traced)
+        return out
+
+    scorer.answer_prepared = timed
+    try:
+        return list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth)), spans
+    finally:
+        scorer.answer_prepared = real
+
+
+def _overlap(spans, a, b) -> bool:
+    return spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
+
+
+def _batches_of_new_sizes(scorer, n, seed):
+    """n prepared batches of two random images each, every batch a shape of its own."""
+    rng = np.random.default_rng(seed)
+    sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
+    batches = [scorer.prepare([Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)],
+                              [get_dimension("Aesthetics").prompt] * 2) for _ in range(n)]
+    assert len({b["pixel_values"].shape for b in batches}) == n
+    return batches
+
+
 def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(trained):
     """Compiling patches torch.nn.Module.__call__ process-wide while it traces: no other batch may run then.
     Real images differ in size, so nearly every batch has a shape of its own; running each new shape alone
     kept every batch alone. Now new shapes run alone only until one compiles nothing; after that batches
     overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced.
     A batch of a shape already run goes in flight before that, and a new shape after it still compiles."""
-    import threading
-    import time
     import torch._dynamo
     from cogip.evaluate.scorer import _frames_traced
     torch._dynamo.reset()
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224,
                          compile="vision", compile_dynamic=None)   # torch's default: static graphs, then dynamic
-    rng = np.random.default_rng(0)
-    sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
-    batches = [scorer.prepare([Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)],
-                              [get_dimension("Aesthetics").prompt] * 2) for _ in range(9)]
+    batches = _batches_of_new_sizes(scorer, 9, seed=0)
     batches.insert(1, batches[0])   # the first shape again: in flight while the compiled parts still compile
-    assert len({b["pixel_values"].shape for b in batches}) == len(batches) - 1
-    job = {id(b): j for j, b in reversed(list(enumerate(batches)))}
-    spans, real, seen = {}, scorer.answer_prepared, set()
+    job, seen = {id(b): j for j, b in reversed(list(enumerate(batches)))}, set()
 
-    def timed(batch, dim, mode):
+    def index_of(batch):
         j = job[id(batch)] if id(batch) not in seen else 1   # batches[1] is batches[0]
         seen.add(id(batch))
-        start, traced = time.perf_counter(), _frames_traced()
-        time.sleep(0.2)   # long enough that batches in flight together overlap
-        out = real(batch, dim, mode)
-        spans[j] = (start, time.perf_counter(), _frames_traced() - traced, threading.get_ident())
-        return out
+        return j
 
-    scorer.answer_prepared = timed
     try:
-        got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
+        got, spans = _stream_timed(scorer, batches, index_of)
         assert [j for j, _ in got] == list(range(len(batches))) and all(len(a) == 2 for _, a in got)
         assert torch._dynamo.eval_frame._stance.stance == "default"   # the stance ends with the stream
-        overlaps = lambda a, b: spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
         traced = [spans[j][2] for j in range(len(batches))]
         assert traced[0] > 0 and traced[1] == 0 and traced[2] > 0   # static graphs; the same shape; dynamic ones
         settled = next(j for j in range(2, len(batches)) if traced[j] == 0)   # the first new shape that traced nothing
         assert settled < len(batches) - 1
         for j in [0, *range(2, settled + 1)]:             # new shapes while compiling: alone
-            assert not any(overlaps(j, k) for k in spans if k != j)
+            assert not any(_overlap(spans, j, k) for k in spans if k != j)
         assert all(t == 0 for t in traced[settled:])      # in flight: nothing traced
-        assert any(overlaps(a, b) for a in range(settled + 1, len(batches)) for b in range(a + 1, len(batches)))
-        scorer.answer_prepared = real
+        assert any(_overlap(spans, a, b) for a in range(settled + 1, len(batches)) for b in range(a + 1, len(batches)))
         compiled = _frames_traced()
         sequential = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=1))
         assert _frames_traced() == compiled   # every batch found compiled code: none ran uncompiled for want of it
@@ -608,38 +630,18 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
 def test_vision_blocks_compiled_dynamic_compile_once_for_images_of_varied_sizes(trained):
     """Compiled parts, by default with dynamic shapes from the first batch (cog_test.sh --compile-dynamic): the
     second new shape already traces nothing and the batches after it go in flight; the same answers as uncompiled."""
-    import threading
-    import time
     import torch._dynamo
-    from cogip.evaluate.scorer import _frames_traced
     torch._dynamo.reset()
     bounds = dict(max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
     scorer = Scorer.load(str(trained["qwen"]), compile="vision", **bounds)
-    rng = np.random.default_rng(1)
-    sides = lambda: tuple(int(x) for x in rng.integers(56, 200, 2))
-    images = [[Image.fromarray(rng.integers(0, 256, (*sides(), 3), dtype=np.uint8)) for _ in range(2)] for _ in range(6)]
-    batches = [scorer.prepare(im, [get_dimension("Aesthetics").prompt] * 2) for im in images]
-    assert len({b["pixel_values"].shape for b in batches}) == len(batches)
-    spans, real = {}, scorer.answer_prepared
-
-    def timed(batch, dim, mode):
-        j = next(i for i, b in enumerate(batches) if b is batch)
-        start, traced = time.perf_counter(), _frames_traced()
-        time.sleep(0.2)   # long enough that batches in flight together overlap
-        out = real(batch, dim, mode)
-        spans[j] = (start, time.perf_counter(), _frames_traced() - traced, threading.get_ident())
-        return out
-
-    scorer.answer_prepared = timed
+    batches = _batches_of_new_sizes(scorer, 6, seed=1)
     try:
-        got = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=3))
+        got, spans = _stream_timed(scorer, batches, lambda batch: next(i for i, b in enumerate(batches) if b is batch))
         traced = [spans[j][2] for j in range(len(batches))]
         assert traced[0] > 0 and all(t == 0 for t in traced[1:])   # one compile, for every size
-        overlaps = lambda a, b: spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]
-        assert not any(overlaps(j, k) for j in (0, 1) for k in spans if k != j)   # alone until a new shape traced nothing
-        assert any(overlaps(a, b) for a in range(2, len(batches)) for b in range(a + 1, len(batches)))
+        assert not any(_overlap(spans, j, k) for j in (0, 1) for k in spans if k != j)   # alone until one traced nothing
+        assert any(_overlap(spans, a, b) for a in range(2, len(batches)) for b in range(a + 1, len(batches)))
     finally:
-        scorer.answer_prepared = real
         torch._dynamo.reset()
     eager = Scorer.load(str(trained["qwen"]), **bounds)
     assert [[x.text for x in a] for _, a in got] == [[x.text for x in eager.answer_prepared(b, "Aesthetics", "generate")]
