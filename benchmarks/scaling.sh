@@ -10,7 +10,7 @@
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
 #   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
 #   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
-#   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh)
+#   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh); profiles are copied to OUT
 #   SIDE=896: Qwen's image side instead (and its pixel bounds), e.g. eval_bench.py's shapes; use a WORK of its own
 #   SIZE_RANGE="640 1152": Qwen images of varied sizes (each side drawn from the range, as real benches' images
 #         differ), read within cog_test.sh's default pixel bounds; use a WORK of its own
@@ -68,6 +68,7 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
   # the whole call as users run it (start-up, model load, loop, metrics), beside timing.json's loop
   local wall; wall=$($PY -c 'import sys, time; print(round(time.time() - float(sys.argv[1]), 3))' "$t0")
   [ -d "$W/$run" ] && echo "$wall" > "$W/$run/process_s.txt"
+  for f in "$W/$run"/profile*.txt; do [ -f "$f" ] && cp "$f" "$OUT/${run}_$(basename "$f")"; done   # --profile-batches
   echo "rc=$rc process_s=$wall"; cat "$W/$run/timing.json" 2>/dev/null | tr -d '\n'; echo
 }
 # ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the
