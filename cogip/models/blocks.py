@@ -139,7 +139,7 @@ def _unaliased_input(compiled):
     """`compiled` called with its hidden states (the first argument, or `hidden_states=`) made a tensor of
     their own where they are a view (one copy, before the compiled code). Dynamo guards on whether an input
     is a view and on its base: a first vision block gets a view (Qwen: the window-ordered patches), the
-    others their predecessor's output, so the first block compiled graphs of its own, seconds on a GPU."""
+    others their predecessor's output, so the first block compiled graphs of its own (a second compile)."""
     is_view = lambda x: torch.is_tensor(x) and x._base is not None
 
     def call(*args, **kwargs):
