@@ -114,7 +114,7 @@ PADPAIR_NAME = "sdpa_padpairs_cogip"
 _RECENT_MASKS: list = []
 
 
-@torch.compiler.disable   # as _plan
+@torch.compiler.disable   # as _windowed_sdpa: traced, its per-forward cache would be guarded on
 def _padding_rows(attention_mask: torch.Tensor):
     """(rows, row_pads [B, P], key_real [B, 1, 1, L]): the positions that are padding in some image, which
     of them pad in each image, and each image's real keys; () if nothing pads, None if an image has no
