@@ -96,6 +96,13 @@ def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
     assert len(runs["eager"]) == 8
     for name in ("compiled", "compiled_all"):
         assert [r["answer"] for r in runs[name].values()] == [r["answer"] for r in runs["eager"].values()]
+    # timing.json says what compiling cost: frames traced and seconds (a new process each, so all of it)
+    compiled = {name: json.loads((tmp_path / name / "timing.json").read_text())["compile"] for name in runs}
+    assert compiled["eager"] is None
+    for name in ("compiled", "compiled_all"):
+        assert compiled[name]["frames"] > 0 and compiled[name]["seconds"] > 0, compiled[name]
+        assert compiled[name]["phases"]["_compile.compile_inner"] == compiled[name]["seconds"]
+    assert compiled["compiled_all"]["frames"] > compiled["compiled"]["frames"]   # the language blocks' parts too
 
 
 def test_published_messages_with_synthetic_images(trained, published, published_images, tmp_path):

@@ -270,7 +270,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # Batches run across dimensions (each answer is parsed on its own item's), so every batch but the last
     # is full: per dimension, a rank's share would end in a part-batch, which runs nearly as long as a full one.
     chunks = [share[s:s + batch_size] for s in range(0, len(share), batch_size)]
-    from .scorer import LOW_PRECISION, ScorerLoading
+    from .scorer import LOW_PRECISION, ScorerLoading, compile_report
     loading = isinstance(scorer, ScorerLoading)
     if num_workers and chunks and batch_size >= 8 and not loading:
         # ramp up: the first batch split into a quarter, a quarter and a half, each prepared by its own
@@ -401,6 +401,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                                                 "host_register": pin_memory and _host_register(),
                                                 **_pinned_growth(pinned_before, _pinned_stats())},
                                      "device_pool": _device_pool_growth(device_before, _device_pool_stats()),
+                                     "compile": compile_report() if scorer.compiled else None,
                                      **({"rank0": {"items": own["items"], "seconds": own["seconds"]},
                                          "other_ranks": ranks} if world > 1 else {})})
     summary = {}

@@ -134,6 +134,16 @@ def _frames_traced() -> int:
     return counters["frames"]["total"]
 
 
+def compile_report() -> dict:
+    """What torch.compile has cost this process so far, for timing.json: frames traced, seconds compiling
+    (tracing, inductor or its cache, guards), and those seconds by phase, nested phases included, so they
+    do not add up: the start of a compiled loop is mostly this, cold or warm (docs/benchmarks.md)."""
+    from torch._dynamo.utils import compilation_time_metrics
+    phases = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items() if sum(times) >= 0.01}
+    return {"frames": _frames_traced(), "seconds": phases.get("_compile.compile_inner", 0.0),
+            "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
+
+
 def _eager_on_recompile():
     """Set at once, process-wide, until the returned object's __exit__: compiled code runs where its
     guards hold, and what would recompile runs uncompiled (no tracing, so no patches under batches in flight)."""
