@@ -17,6 +17,7 @@ padding rows are then recomputed over the real keys only.
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -78,16 +79,18 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=is_causal)
         return out.transpose(1, 2), None
-    return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
+    # Without gradients (scoring) one opaque op, so a compiled vision block is one graph; with them a graph
+    # break, the same computation, whose backward autograd derives (a custom op would need one written).
+    if torch.is_grad_enabled():
+        return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
+    # A float attribute reaches the op as a symbolic float, which a custom op cannot take: dynamo would
+    # trace the block again with it fixed. Qwen's scale is SDPA's own default (use_fast_vision_attention).
+    scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
+    return torch.ops.cogip.windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
 
 
-# Opaque whole to torch.compile (a graph break, as the plan's host read is anyway), equal windows too. A
-# compiled vision block guards on what it sees: the plan's caches, traced, change with every forward, and its
-# index tensors with every new mix of image sizes; either recompiled the block up to dynamo's recompile limit.
-# With the equal-length branch in view (until 2026-11-29), blocks compiled on a batch of same-size images
-# traced again at the first batch of mixed sizes (docs/benchmarks.md, nineteenth round).
-@torch.compiler.disable
-def _windowed_sdpa(query, key, value, cu_seqlens: torch.Tensor, scaling, is_causal) -> torch.Tensor:
+def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+                        scaling: float | None, is_causal: bool) -> torch.Tensor:
     """[1, H, T, D] → [1, T, H, D]. Equal windows (same-size images): plain views, no gather/scatter copies;
     otherwise one SDPA call per distinct window length, over the windows of that length gathered."""
     plan = _plan(cu_seqlens)
@@ -106,6 +109,28 @@ def _windowed_sdpa(query, key, value, cu_seqlens: torch.Tensor, scaling, is_caus
                                            v[:, idx].transpose(0, 1), scale=scaling, is_causal=is_causal)
         out[0, idx] = o.transpose(1, 2)                               # [n, H, L, D] -> [n, L, H, D]
     return out
+
+
+# Opaque whole to torch.compile, equal windows too. A compiled vision block guards on what it sees: the plan's
+# caches, traced, change with every forward, and its index tensors with every new mix of image sizes; either
+# recompiled the block up to dynamo's recompile limit. With the equal-length branch in view (until 2026-11-29),
+# blocks compiled on a batch of same-size images traced again at the first batch of mixed sizes
+# (docs/benchmarks.md, nineteenth round). As a graph break (training), dynamo splits the block around it and
+# traces the pieces again from the start; as a custom op (scoring) the block is one graph, traced once: a
+# compiled loop's first batch waits for tracing (docs/benchmarks.md, twentieth round).
+_windowed_sdpa = torch.compiler.disable(_windowed_attention)
+
+
+@torch.library.custom_op("cogip::windowed_sdpa", mutates_args=())
+def windowed_sdpa_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
+                     scaling: float | None, is_causal: bool) -> torch.Tensor:
+    return _windowed_attention(query, key, value, cu_seqlens, scaling, is_causal)
+
+
+@windowed_sdpa_op.register_fake
+def _(query, key, value, cu_seqlens, scaling, is_causal):
+    _, heads, total, dim = query.shape
+    return query.new_empty(1, total, heads, dim)
 
 
 PADPAIR_NAME = "sdpa_padpairs_cogip"
@@ -165,6 +190,9 @@ def use_fast_vision_attention(model) -> bool:
         return False                                                  # real flash-attn: already varlen
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         AttentionInterface.register(NAME, varlen_sdpa)
+        for module in model.modules():   # varlen_sdpa passes None for a scale that is SDPA's default
+            if "VisionAttention" in type(module).__name__ and isinstance(getattr(module, "scaling", None), float):
+                module.default_sdpa_scale = module.scaling == 1 / math.sqrt(module.head_dim)   # as SDPA computes it
         vision._attn_implementation = NAME
         return True
     if model_type == "mllama" and getattr(vision, "_attn_implementation", "sdpa") in ("sdpa", None):

@@ -13,8 +13,9 @@ multiple of 16 bytes: eager cuBLAS falls back to slow unaligned kernels (14.9 ms
 patches), and torch.compile pads the GEMMs itself but then adds each bias by a broadcast copy of the
 [131072, 3424] output (6.7 ms). With the weights zero-padded to 3424 in the forward (F.pad: cheap,
 and differentiable, so training is unchanged) cuBLAS adds the biases in its epilogue: 5.6 ms. The
-padded columns are exact zeros (zero weights and biases), so they add nothing. The block runs this
-MLP uncompiled (a graph break), since compiled, inductor would bring back the broadcast copies.
+padded columns are exact zeros (zero weights and biases), so they add nothing. Compiled, inductor
+would bring back the broadcast copies, so a compiled block keeps the three linears whole: opaque ops
+when scoring (`cogip::linear`), the MLP uncompiled (a graph break) when training.
 """
 
 from __future__ import annotations
@@ -49,16 +50,39 @@ def use_matmul_patch_embed(model) -> int:
     return switched
 
 
-@torch.compiler.disable
-def _padded_gated_mlp(self, x: torch.Tensor) -> torch.Tensor:
+def _padded_gated_mlp(self, x: torch.Tensor, linear=None) -> torch.Tensor:
+    linear = linear or F.linear
     pad = -self.gate_proj.out_features % ALIGN
     g, u, d = self.gate_proj, self.up_proj, self.down_proj
 
     def more_outputs(t):   # zero rows of a weight, zeros at the end of a bias
         return None if t is None else F.pad(t, (0, 0, 0, pad) if t.dim() == 2 else (0, pad))
-    gate = F.linear(x, more_outputs(g.weight), more_outputs(g.bias))
-    up = F.linear(x, more_outputs(u.weight), more_outputs(u.bias))
-    return F.linear(self.act_fn(gate) * up, F.pad(d.weight, (0, pad)), d.bias)   # zero columns: more inputs
+    gate = linear(x, more_outputs(g.weight), more_outputs(g.bias))
+    up = linear(x, more_outputs(u.weight), more_outputs(u.bias))
+    return linear(self.act_fn(gate) * up, F.pad(d.weight, (0, pad)), d.bias)   # zero columns: more inputs
+
+
+@torch.library.custom_op("cogip::linear", mutates_args=())
+def opaque_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear that torch.compile leaves whole: cuBLAS adds the bias in its epilogue (see the module doc)."""
+    return F.linear(x, weight, bias)
+
+
+@opaque_linear.register_fake
+def _(x, weight, bias):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+_padded_gated_mlp_uncompiled = torch.compiler.disable(_padded_gated_mlp)
+
+
+def _padded_gated_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
+    # Without gradients (scoring) the linears are opaque ops, so a compiled vision block is one graph (its
+    # tracing is what a compiled loop's first batch waits for) with the gating fused; with gradients a graph
+    # break, whose backward autograd derives.
+    if torch.is_grad_enabled():
+        return _padded_gated_mlp_uncompiled(self, x)
+    return _padded_gated_mlp(self, x, linear=torch.ops.cogip.linear)
 
 
 def pad_vision_mlps(model) -> int:
@@ -69,7 +93,7 @@ def pad_vision_mlps(model) -> int:
         projs = [getattr(module, p, None) for p in ("gate_proj", "up_proj", "down_proj")]
         if ("visual" in name.split(".") and all(type(p) is nn.Linear for p in projs)
                 and hasattr(module, "act_fn") and projs[0].out_features % ALIGN):
-            module.forward = MethodType(_padded_gated_mlp, module)
+            module.forward = MethodType(_padded_gated_mlp_forward, module)
             padded += 1
     return padded
 
