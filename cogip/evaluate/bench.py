@@ -456,9 +456,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
     p.add_argument("--compile", nargs="?", const="vision", default="none", metavar="PARTS",
                    help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
-                        "language, all (GPU; for long runs: compiling delays the first answers by 6-25 s, which "
-                        "a run of a few hundred images does not win back; at the published test set's size it "
-                        "about breaks even, and gains ~10%% where an earlier run left its cache; docs/benchmarks.md)")
+                        "language, all (GPU; for long runs: compiling delays the first answers by ~14 s, which a run of a "
+                        "few hundred images does not win back, or ~3 s where an earlier run left its inductor cache; "
+                        "at the published test set's size ~3%% faster than the default cold, ~20%% warm; "
+                        "docs/benchmarks.md)")
     p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=True,
                    help="with --compile: the vision blocks compiled with dynamic shapes from the first batch, one "
                         "compile for images of every size (default); --no-compile-dynamic: torch's default, static "
