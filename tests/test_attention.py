@@ -256,38 +256,46 @@ def test_padded_vision_mlp_matches_the_unpadded_in_values_and_gradients(tiny_mod
         torch.testing.assert_close(got_grads[name], want_grads[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_compiled_qwen_vision_block_is_one_graph_when_scoring(tiny_models, monkeypatch, tmp_path):
-    """Scoring (no gradients): the windowed attention and the padded MLP's linears are opaque custom ops, so
-    a compiled vision block is one graph, traced once: no graph break and no restart (a graph break splits
-    the block into pieces, each traced again from the start; on an H200 tracing was most of a warm compiled
-    loop's first batch). Answers as uncompiled, and the window plan still read once per forward, not per layer."""
+@pytest.mark.parametrize("family", ["qwen", "llama"])
+def test_compiled_vision_block_is_one_graph_when_scoring(tiny_models, monkeypatch, tmp_path, family):
+    """Scoring (no gradients): the vision attention (Qwen's windows, Mllama's padding pairs) and Qwen's padded
+    MLP linears are opaque custom ops, so a compiled vision block is one graph, traced once: no graph break (a
+    break splits the block into pieces, each traced again from the start; on an H200 tracing was most of a warm
+    compiled loop's first batch). Answers as uncompiled, and the attention's plan still read once per forward
+    (a host sync), not once per layer."""
     import torch._dynamo
     from torch._dynamo.utils import counters
     from transformers import AutoConfig
     from cogip.evaluate.scorer import Scorer
-    fam = FAMILIES["qwen"]
-    config = AutoConfig.from_pretrained(tiny_models["qwen"])
-    config.vision_config.depth, config.vision_config.fullatt_block_indexes = 4, [1, 3]   # two layers per plan
+    fam = FAMILIES[family]
+    config = AutoConfig.from_pretrained(tiny_models[family])
+    if family == "qwen":   # two layers per plan: windowed, full, windowed, full
+        config.vision_config.depth, config.vision_config.fullatt_block_indexes = 4, [1, 3]
+        reader, forward_reads = "_read_plan", 2   # a window plan and a full-attention one
+    else:                  # 3 local layers and 2 gated global ones share one mask
+        config.vision_config.num_hidden_layers, config.vision_config.num_global_layers = 3, 2
+        reader, forward_reads = "_read_padding_rows", 1
     torch.manual_seed(0)
     fam.model_cls()(config).save_pretrained(tmp_path)
-    processor = fam.load_processor(tiny_models["qwen"], **fam.pixel_bounds(56 * 56, 224 * 224))
+    processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
     reads = []
-    read = attention._read_plan
-    monkeypatch.setattr(attention, "_read_plan", lambda cu: reads.append(1) or read(cu))
+    read = getattr(attention, reader)
+    monkeypatch.setattr(attention, reader, lambda x: reads.append(1) or read(x))
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(224, 224), (112, 140)]]
     answers, plan_reads = {}, {}
-    for compile in ("none", "vision"):
-        torch._dynamo.reset()
-        counters.clear()
-        scorer = Scorer(fam.load_model(tmp_path), processor, fam, max_new_tokens=2, compile=compile)
-        reads.clear()
-        answers[compile] = [(a.text, a.score) for a in scorer.answer(images, ["Rate it."] * 2, "Aesthetics")]
-        plan_reads[compile] = len(reads)
     try:
+        for compile in ("none", "vision"):
+            torch._dynamo.reset()
+            counters.clear()
+            scorer = Scorer(fam.load_model(tmp_path), processor, fam, max_new_tokens=2, compile=compile)
+            reads.clear()
+            answers[compile] = [(a.text, a.score) for a in scorer.answer(images, ["Rate it."] * 2, "Aesthetics")]
+            plan_reads[compile] = len(reads)
         assert answers["vision"] == answers["none"]
-        assert plan_reads == {"none": 2, "vision": 2}   # a window plan and a full-attention one, 4 layers
+        assert plan_reads == {"none": forward_reads, "vision": forward_reads}
         assert not counters["graph_break"], dict(counters["graph_break"])
-        assert counters["stats"]["unique_graphs"] == 1 and counters["frames"]["total"] == 1
+        block_kinds = 1 if family == "qwen" else 2   # Mllama's gated global layers compile a graph of their own
+        assert counters["stats"]["unique_graphs"] == counters["frames"]["total"] == block_kinds
     finally:
         torch._dynamo.reset()

@@ -13,6 +13,10 @@ padding patches (an outer product of padding flags), yet it reaches SDPA as a de
 [L, L] bias, whose backward ran at ~160 TFLOP/s and took 45% of an 11B training step (H200). Every
 real patch attends to every patch, so one unmasked SDPA call is exact for all real rows; the few
 padding rows are then recomputed over the real keys only.
+
+Both are opaque to torch.compile, since each reads a plan on the host: a graph break when training
+(autograd derives their backward), a custom op when scoring (`cogip::windowed_sdpa`,
+`cogip::padpair_sdpa`), so that a compiled vision block is one graph, traced once.
 """
 
 from __future__ import annotations
@@ -83,8 +87,6 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
     # break, the same computation, whose backward autograd derives (a custom op would need one written).
     if torch.is_grad_enabled():
         return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
-    # A float attribute reaches the op as a symbolic float, which a custom op cannot take: dynamo would
-    # trace the block again with it fixed. Qwen's scale is SDPA's own default (use_fast_vision_attention).
     scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
     return torch.ops.cogip.windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
 
@@ -162,14 +164,22 @@ def _read_padding_rows(attention_mask: torch.Tensor):
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """query/key/value [B, H, L, D], attention_mask [B, 1, L, L] additive (min where both patches pad)
     → ([B, L, H, D], None), like transformers' SDPA path."""
+    if attention_mask is None or torch.is_grad_enabled():   # with gradients: a graph break (_padding_rows)
+        return _padpair_attention(query, key, value, attention_mask, scaling), None
+    # Without gradients (scoring) one opaque op, so a compiled vision block is one graph (as varlen_sdpa)
+    scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
+    return torch.ops.cogip.padpair_sdpa(query, key, value, attention_mask, scaling), None
+
+
+def _padpair_attention(query, key, value, attention_mask, scaling):
     def sdpa(q, k, v, mask=None):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling)
 
     if attention_mask is None:
-        return sdpa(query, key, value).transpose(1, 2).contiguous(), None
+        return sdpa(query, key, value).transpose(1, 2).contiguous()
     plan = _padding_rows(attention_mask)
     if plan is None:                                                          # an empty media slot: keep the bias
-        return sdpa(query, key, value, attention_mask.to(query.dtype)).transpose(1, 2).contiguous(), None
+        return sdpa(query, key, value, attention_mask.to(query.dtype)).transpose(1, 2).contiguous()
     # [B, L, H, D], exact for every real row; a copy of its own (never the SDPA output, which its backward keeps),
     # so the padding rows can be written in place
     out = sdpa(query, key, value).transpose(1, 2).clone(memory_format=torch.contiguous_format)
@@ -178,7 +188,27 @@ def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, d
         # the few rows that pad somewhere, over each image's real keys: no copy of the keys or values
         o = sdpa(query[:, :, rows], key, value, key_real).transpose(1, 2)   # [B, P, H, D]
         out[:, rows] = torch.where(row_pads[:, :, None, None], o, out[:, rows])
-    return out, None
+    return out
+
+
+@torch.library.custom_op("cogip::padpair_sdpa", mutates_args=())
+def padpair_sdpa_op(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: torch.Tensor,
+                    scaling: float | None) -> torch.Tensor:
+    return _padpair_attention(query, key, value, attention_mask, scaling)
+
+
+@padpair_sdpa_op.register_fake
+def _(query, key, value, attention_mask, scaling):
+    batch, heads, length, dim = query.shape
+    return query.new_empty(batch, length, heads, dim)
+
+
+def _mark_default_scales(model) -> None:
+    """varlen_sdpa and padpair_sdpa pass None for a vision attention's scale that is SDPA's own default: a float
+    attribute reaches a custom op as a symbolic float, which it cannot take, and dynamo traces the block again."""
+    for module in model.modules():
+        if "VisionAttention" in type(module).__name__ and isinstance(getattr(module, "scaling", None), float):
+            module.default_sdpa_scale = module.scaling == 1 / math.sqrt(module.head_dim)   # as SDPA computes it
 
 
 def use_fast_vision_attention(model) -> bool:
@@ -190,13 +220,12 @@ def use_fast_vision_attention(model) -> bool:
         return False                                                  # real flash-attn: already varlen
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         AttentionInterface.register(NAME, varlen_sdpa)
-        for module in model.modules():   # varlen_sdpa passes None for a scale that is SDPA's default
-            if "VisionAttention" in type(module).__name__ and isinstance(getattr(module, "scaling", None), float):
-                module.default_sdpa_scale = module.scaling == 1 / math.sqrt(module.head_dim)   # as SDPA computes it
+        _mark_default_scales(model)
         vision._attn_implementation = NAME
         return True
     if model_type == "mllama" and getattr(vision, "_attn_implementation", "sdpa") in ("sdpa", None):
         AttentionInterface.register(PADPAIR_NAME, padpair_sdpa)
+        _mark_default_scales(model)
         vision._attn_implementation = PADPAIR_NAME
         return True
     return False
