@@ -299,3 +299,32 @@ def test_compiled_vision_block_is_one_graph_when_scoring(tiny_models, monkeypatc
         assert counters["stats"]["unique_graphs"] == counters["frames"]["total"] == block_kinds
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("family", ["qwen", "llama", "gemma"])
+def test_compiled_language_parts_share_one_graph_for_prefill_and_decoding(tiny_models, family):
+    """`--compile all` also compiles the language blocks' MLP and norms. Dynamo specializes a dimension of
+    size 1, so decoding ([B, 1, H]) recompiled each of them after prefill ([B, L, H]); fed as rows
+    ([B*L, H]) they trace once. Answers as uncompiled; one frame per kind of vision block, MLP and norm."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters, guard_failures
+    from cogip.evaluate.scorer import Scorer
+    fam = FAMILIES[family]
+    processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(224, 224), (112, 140)]]
+    answers = {}
+    try:
+        for compile in ("none", "all"):
+            torch._dynamo.reset()
+            counters.clear()
+            guard_failures.clear()
+            scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=3, compile=compile)
+            answers[compile] = [(a.text, a.score) for a in scorer.answer(images, ["Rate it."] * 2, "Aesthetics")]
+        assert answers["all"] == answers["none"]
+        vision_kinds = 2 if family == "llama" else 1   # Mllama's gated global layers: a second kind of block
+        assert counters["frames"]["total"] == vision_kinds + 2, dict(guard_failures)   # + the MLP and the norm
+        reasons = [r for failures in guard_failures.values() for r in failures]
+        assert all(family == "llama" and "is_gated" in r for r in reasons), reasons
+    finally:
+        torch._dynamo.reset()

@@ -131,8 +131,25 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision",
         for child in block.children():
             if any(k in type(child).__name__ for k in STATELESS_CHILDREN):
                 child.compile(dynamic=True)
+                if callable(getattr(child, "_compiled_call_impl", None)):
+                    child._compiled_call_impl = _as_rows(child._compiled_call_impl)
                 n += 1
     return n
+
+
+def _as_rows(compiled):
+    """`compiled` (an MLP or a norm: each row of the last dimension on its own) called, when scoring, on its one
+    input flattened to [rows, features], the output shaped back. Prefill ([B, L, H]) and decoding ([B, 1, H])
+    then share one graph: dynamo specializes a dimension of size 1, so decoding traced and compiled its own."""
+    def call(*args, **kwargs):
+        if (len(args) == 1 and not kwargs and torch.is_tensor(args[0]) and args[0].dim() > 2
+                and not torch.is_grad_enabled()):
+            x = args[0]
+            # detached: not a view of x, whose sizes (the 1) dynamo would guard on; no gradients flow here anyway
+            out = compiled(x.reshape(-1, x.shape[-1]).detach())
+            return out.view(*x.shape[:-1], out.shape[-1])
+        return compiled(*args, **kwargs)
+    return call
 
 
 def _unaliased_input(compiled):
