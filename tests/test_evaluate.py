@@ -87,10 +87,16 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
             assert gap < 0.1 and agreement > 0.7, (dim, gap, agreement)
 
 
-def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
+def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path, monkeypatch):
     runs = {}
+    # inductor's cache: in the user's cache folder (on a cluster usually shared by its nodes), not torch's /tmp,
+    # unless the user names one
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    caches = {"compiled": tmp_path / "mine", "compiled_all": tmp_path / "cache" / "cogip" / "torchinductor"}
     for name, args in (("eager", ()), ("compiled", ("--compile",)), ("compiled_all", ("--compile", "all"))):
-        run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / name, "--dims", "Funniness", *args)
+        mine = {"TORCHINDUCTOR_CACHE_DIR": caches[name]} if name == "compiled" else {}
+        run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / name, "--dims", "Funniness", *args,
+                       XDG_CACHE_HOME=tmp_path / "cache", **mine)
         assert run.returncode == 0, run.stderr[-3000:]
         runs[name] = read_records(tmp_path / name / "Funniness")
     assert len(runs["eager"]) == 8
@@ -102,6 +108,8 @@ def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path):
     for name in ("compiled", "compiled_all"):
         assert compiled[name]["frames"] > 0 and compiled[name]["seconds"] > 0, compiled[name]
         assert compiled[name]["phases"]["_compile.compile_inner"] == compiled[name]["seconds"]
+        assert compiled[name]["cache_dir"] == str(caches[name])
+        assert any(caches[name].rglob("*.py"))   # the compiled code, kept
     assert compiled["compiled_all"]["frames"] > compiled["compiled"]["frames"]   # the language blocks' parts too
 
 

@@ -139,9 +139,13 @@ def compile_report() -> dict:
     (tracing, inductor or its cache, guards), and those seconds by phase, nested phases included, so they
     do not add up: the start of a compiled loop is mostly this, cold or warm (docs/benchmarks.md)."""
     from torch._dynamo.utils import compilation_time_metrics
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+    except ImportError:   # torch's private module moved: report no folder rather than fail a finished run
+        cache_dir = lambda: None
     phases = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items() if sum(times) >= 0.01}
     return {"frames": _frames_traced(), "seconds": phases.get("_compile.compile_inner", 0.0),
-            "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
+            "cache_dir": cache_dir(), "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
 
 
 def _eager_on_recompile():
