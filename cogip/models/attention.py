@@ -15,7 +15,7 @@ real patch attends to every patch, so one unmasked SDPA call is exact for all re
 padding rows are then recomputed over the real keys only.
 
 Both are opaque to torch.compile, since each reads a plan on the host: a graph break when training
-(autograd derives their backward), a custom op when scoring (`cogip::windowed_sdpa`,
+(autograd derives their backward), a custom op when a scorer compiles (`cogip::windowed_sdpa`,
 `cogip::padpair_sdpa`), so that a compiled vision block is one graph, traced once.
 """
 
@@ -83,12 +83,18 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling,
                                              is_causal=is_causal)
         return out.transpose(1, 2), None
-    # Without gradients (scoring) one opaque op, so a compiled vision block is one graph; with them a graph
-    # break, the same computation, whose backward autograd derives (a custom op would need one written).
-    if torch.is_grad_enabled():
+    if not traced_for_scoring():
         return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
     scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
     return torch.ops.cogip.windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
+
+
+def traced_for_scoring() -> bool:
+    """Traced by torch.compile without gradients (a compiled scorer): there the vision tower's opaque parts
+    run as custom ops, so a compiled block is one graph. Run eagerly they are the plain functions (no
+    dispatch through the op); with gradients a graph break, whose backward autograd derives (a custom op
+    would need one written)."""
+    return torch.compiler.is_compiling() and not torch.is_grad_enabled()
 
 
 def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -164,9 +170,8 @@ def _read_padding_rows(attention_mask: torch.Tensor):
 def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """query/key/value [B, H, L, D], attention_mask [B, 1, L, L] additive (min where both patches pad)
     → ([B, L, H, D], None), like transformers' SDPA path."""
-    if attention_mask is None or torch.is_grad_enabled():   # with gradients: a graph break (_padding_rows)
+    if attention_mask is None or not traced_for_scoring():   # traced with gradients: a graph break (_padding_rows)
         return _padpair_attention(query, key, value, attention_mask, scaling), None
-    # Without gradients (scoring) one opaque op, so a compiled vision block is one graph (as varlen_sdpa)
     scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
     return torch.ops.cogip.padpair_sdpa(query, key, value, attention_mask, scaling), None
 

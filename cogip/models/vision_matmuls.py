@@ -15,7 +15,7 @@ patches), and torch.compile pads the GEMMs itself but then adds each bias by a b
 and differentiable, so training is unchanged) cuBLAS adds the biases in its epilogue: 5.6 ms. The
 padded columns are exact zeros (zero weights and biases), so they add nothing. Compiled, inductor
 would bring back the broadcast copies, so a compiled block keeps the three linears whole: opaque ops
-when scoring (`cogip::linear`), the MLP uncompiled (a graph break) when training.
+when a scorer compiles (`cogip::linear`), the MLP uncompiled (a graph break) when training.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from types import MethodType
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .attention import traced_for_scoring
 
 ALIGN = 8   # bf16 elements in 16 bytes
 
@@ -77,12 +79,11 @@ _padded_gated_mlp_uncompiled = torch.compiler.disable(_padded_gated_mlp)
 
 
 def _padded_gated_mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    # Without gradients (scoring) the linears are opaque ops, so a compiled vision block is one graph (its
-    # tracing is what a compiled loop's first batch waits for) with the gating fused; with gradients a graph
-    # break, whose backward autograd derives.
-    if torch.is_grad_enabled():
-        return _padded_gated_mlp_uncompiled(self, x)
-    return _padded_gated_mlp(self, x, linear=torch.ops.cogip.linear)
+    # Traced for a compiled scorer, the linears are opaque ops, so the vision block is one graph (its tracing
+    # is what a compiled loop's first batch waits for) with the gating fused; see traced_for_scoring
+    if traced_for_scoring():
+        return _padded_gated_mlp(self, x, linear=torch.ops.cogip.linear)
+    return _padded_gated_mlp_uncompiled(self, x)
 
 
 def pad_vision_mlps(model) -> int:
