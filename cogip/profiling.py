@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 import threading
 import time
@@ -19,6 +20,19 @@ from collections import defaultdict
 from functools import partial
 
 import torch
+
+def process_age() -> float | None:
+    """Seconds since this process started (from Linux's /proc, to 10 ms), so a run's timing can say what
+    its start-up took before any of its own code ran (Python, imports); None where /proc has no answer."""
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])   # field 22, the start in clock ticks
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
 
 HOST_WAITS = ("cudaStreamSynchronize", "cudaEventSynchronize", "cudaDeviceSynchronize", "cudaStreamWaitEvent")
 

@@ -42,7 +42,7 @@ from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError, exit_code
 from ..metrics import compute_metrics
-from ..profiling import GCPauses
+from ..profiling import GCPauses, process_age
 
 PUBLISHED_SEED = 19
 
@@ -204,6 +204,18 @@ def _device_pool_growth(before: dict, after: dict) -> dict:
         return {}
     return {"device_mallocs": after["mallocs"] - before.get("mallocs", 0),
             "device_reserved_gib": round(after["reserved"] / 2 ** 30, 2)}
+
+
+_main_started: float | None = None   # perf_counter when main() began, its imports done: timing.json's start-up
+
+
+def _startup(started: float) -> dict:
+    """Before the loop's clock (negative seconds): when the process started and when `main` began (with
+    cog_test.sh; None where not known), so timing.json shows the start-up beside the loop."""
+    age = process_age()
+    now = time.perf_counter()
+    return {"process_started_s": round(now - age - started, 3) if age is not None else None,
+            "main_started_s": round(_main_started - started, 3) if _main_started is not None else None}
 
 
 def _start_profile(path: Path, batches: int):
@@ -390,20 +402,23 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         accelerator.wait_for_everyone()
     if not is_main:
         return {}
-    seconds, n_run = time.perf_counter() - started, sum(len(t) for t in todo.values())
+    loop_end = time.perf_counter()
+    seconds, n_run = loop_end - started, sum(len(t) for t in todo.values())
     ranks = [json.loads((out / f"timing.rank{r}.json").read_text()) for r in range(1, world)]
-    write_json(out / "timing.json", {"items": n_run, "seconds": round(seconds, 3), "processes": world,
-                                     "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
-                                     "images_per_s": round(n_run / seconds, 3) if n_run else None,
-                                     **{k: v for k, v in own.items() if k not in ("items", "seconds")},
-                                     "gc": gc_pauses.summary(),
-                                     "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
-                                                "host_register": pin_memory and _host_register(),
-                                                **_pinned_growth(pinned_before, _pinned_stats())},
-                                     "device_pool": _device_pool_growth(device_before, _device_pool_stats()),
-                                     "compile": compile_report() if scorer.compiled else None,
-                                     **({"rank0": {"items": own["items"], "seconds": own["seconds"]},
-                                         "other_ranks": ranks} if world > 1 else {})})
+    timing = {"items": n_run, "seconds": round(seconds, 3), "processes": world,
+              "batch_size": batch_size, "mode": mode, "pipeline": pipeline,
+              "images_per_s": round(n_run / seconds, 3) if n_run else None,
+              **{k: v for k, v in own.items() if k not in ("items", "seconds")},
+              "gc": gc_pauses.summary(),
+              "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
+                         "host_register": pin_memory and _host_register(),
+                         **_pinned_growth(pinned_before, _pinned_stats())},
+              "device_pool": _device_pool_growth(device_before, _device_pool_stats()),
+              "compile": compile_report() if scorer.compiled else None,
+              **({"rank0": {"items": own["items"], "seconds": own["seconds"]},
+                  "other_ranks": ranks} if world > 1 else {}),
+              **_startup(started)}
+    write_json(out / "timing.json", timing)
     summary = {}
     for name, (items, indices) in plan.items():
         folder, dim = out / name, get_dimension(name)
@@ -423,6 +438,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         write_json(out / "summary.json", summary)
         summary_plot(out / "summary.png", summary)
         print(format_summary(summary))
+    timing["outputs_s"] = round(time.perf_counter() - loop_end, 3)   # metrics, logs and plots
+    write_json(out / "timing.json", timing)
     return summary
 
 
@@ -473,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-batches", type=int, default=0, metavar="N",
                    help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
+    global _main_started
+    _main_started = time.perf_counter()
     use_fast_pinning()   # before anything starts CUDA
     return exit_code("cogip evaluate", _evaluate, a)
 
