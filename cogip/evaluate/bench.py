@@ -40,7 +40,7 @@ from tqdm import tqdm
 from ..data.bench import append_jsonl, read_test_messages, write_atomic, write_json
 from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
-from ..errors import CogipError, exit_code
+from ..errors import CogipError, end_process, exit_code
 from ..metrics import compute_metrics
 from ..profiling import GCPauses, process_age
 
@@ -528,4 +528,4 @@ def _evaluate(a) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    end_process(main())
