@@ -51,8 +51,11 @@ def cog_test(family, model, bench, out, *args, **env):
 @pytest.mark.parametrize("family", ["qwen", "llama", "gemma"])
 def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
     scores = {}
+    wall = {}
     for mode in ("generate", "expected"):
+        t0 = time.perf_counter()
         run = cog_test(family, trained[family], synth_bench, tmp_path / mode, MODE=mode)
+        wall[mode] = time.perf_counter() - t0
         assert run.returncode == 0, run.stderr[-3000:]
         assert "spearman" in run.stdout and "Memorability" in run.stdout          # printed summary table
         summary = json.loads((tmp_path / mode / "summary.json").read_text())
@@ -78,6 +81,9 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert all(c <= s for c, s in zip(came, seconds)) and list(came) == sorted(came)
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
         assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False, "host_register": False}   # the CPU's defaults
+        # the whole call's start-up before the clock: the process, then main (imports done), then the loader
+        assert timing["process_started_s"] < timing["main_started_s"] < timing["loader_started_s"], timing
+        assert -timing["process_started_s"] < wall[mode] and 0 < timing["outputs_s"] < wall[mode] - timing["seconds"]
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]

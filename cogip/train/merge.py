@@ -28,13 +28,15 @@ def processor_source(adapter: str | Path, base: str | None = None) -> str:
     return base or adapter_base(adapter)
 
 
-def load_adapted(adapter: str | Path, base: str | None = None, family: Family | None = None, dtype="auto"):
-    """Base model + adapter as a PeftModel; fails loudly when the adapter's keys do not fit the base."""
+def load_adapted(adapter: str | Path, base: str | None = None, family: Family | None = None, dtype="auto",
+                 device: str | None = None):
+    """Base model + adapter as a PeftModel, on `device` if given (else where transformers loads it); fails
+    loudly when the adapter's keys do not fit the base."""
     from peft import PeftModel
     from peft.utils import get_peft_model_state_dict
     base = base or adapter_base(adapter)
     family = family or resolve_family(base)
-    model = family.load_model(base, dtype=dtype)
+    model = family.load_model(base, dtype=dtype, **({"device_map": {"": device}} if device else {}))
     try:
         model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:
