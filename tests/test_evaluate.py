@@ -84,6 +84,8 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         # the whole call's start-up before the clock: the process, then main (imports done), then the loader
         assert timing["process_started_s"] < timing["main_started_s"] < timing["loader_started_s"], timing
         assert -timing["process_started_s"] < wall[mode] and 0 < timing["outputs_s"] < wall[mode] - timing["seconds"]
+        call = timing["seconds"] - timing["process_started_s"] + timing["outputs_s"]   # all but the exit
+        assert abs(timing["call_s"] - call) < 0.01 and call < wall[mode] and abs(timing["call_images_per_s"] - 32 / timing["call_s"]) < 0.01
     if family == "qwen":   # the longer-trained model: parses nearly everything, both modes agree
         for dim in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
             g, e = scores["generate", dim], scores["expected", dim]

@@ -12,7 +12,8 @@ all ranks together; when the loader's workers had started (before the clock: the
 model loads, `model_load_s`) and the first batch and answers came,
 when the loop took each prepared batch and the items done after each batch, Python's
 garbage-collection pauses, and the loader's settings with what growing the pinned host-memory pool
-cost), OUT/summary.png, plus a printed table; with
+cost; the whole call: when the process and `main` started, the seconds writing outputs, and `call_s` /
+`call_images_per_s` from the process's start to its outputs written), OUT/summary.png, plus a printed table; with
 --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
 are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
 no finished item and ends with the same metrics as an uninterrupted one.
@@ -439,6 +440,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         summary_plot(out / "summary.png", summary)
         print(format_summary(summary))
     timing["outputs_s"] = round(time.perf_counter() - loop_end, 3)   # metrics, logs and plots
+    if timing["process_started_s"] is not None:   # the whole call as a user waits for it, but its exit
+        call = time.perf_counter() - started - timing["process_started_s"]
+        timing["call_s"], timing["call_images_per_s"] = round(call, 3), round(n_run / call, 3) if n_run else None
     write_json(out / "timing.json", timing)
     return summary
 
@@ -473,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-pixels", type=int), p.add_argument("--max-pixels", type=int)
     p.add_argument("--compile", nargs="?", const="vision", default="none", metavar="PARTS",
                    help="torch.compile the blocks of PARTS: vision (the default when given without a value), "
-                        "language, all (GPU; for long runs: compiling delays the first answers by ~14 s, which a run of a "
-                        "few hundred images does not win back, or ~3 s where an earlier run left its inductor cache; "
-                        "at the published test set's size ~3%% faster than the default cold, ~20%% warm; "
+                        "language, all (GPU; for long runs: compiling delays the first answers by ~6 s, or ~2.5 s "
+                        "where an earlier run left its inductor cache, and loading takes ~2 s longer; with "
+                        "--pipeline 3 on one H200, the loop over the published test set's size ~12%% faster than "
+                        "the default cold, ~18%% warm; over 480 images ~14%% warm, the whole call about even; "
                         "docs/benchmarks.md)")
     p.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=True,
                    help="with --compile: the vision blocks compiled with dynamic shapes from the first batch, one "
