@@ -3,6 +3,8 @@ how an entry point ends once its outputs are written."""
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 
 class CogipError(Exception):
     """Bad input: names the file and the item, says what is wrong."""
@@ -35,7 +37,7 @@ def require(requirement: str, why: str) -> None:
         raise CogipError(f"needs {requirement} ({why}); found {found}: pip install -U '{requirement}'") from None
 
 
-def end_process(code: int):
+def end_process(code: int) -> NoReturn:
     """End a finished entry point's process now: streams flushed and atexit handlers run (logging,
     multiprocessing, torch's own), then `os._exit`, without the interpreter's teardown of every module
     and object. Its outputs are already written and closed; the teardown only frees what the OS frees
@@ -43,7 +45,7 @@ def end_process(code: int):
     import atexit
     import os
     import sys
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()   # what a normal exit runs first (CPython's own hook; os._exit skips it)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

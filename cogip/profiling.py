@@ -5,6 +5,7 @@ docs/benchmarks.md reads the same way:
 - `start_profile`, `timeline` / `report`: a torch.profiler run's GPU busy and idle time, collectives,
   the host's waits on the device, and the top operators;
 - `GCPauses`: Python's garbage collections while active;
+- `process_age`: how long ago the process started (a whole call's start-up, before any of its code);
 - `HostStacks`: sampled Python stacks, where the host's time goes;
 - `BlockTimeline`: when each repeated block began on the device and on the host, without the profiler."""
 
@@ -20,6 +21,7 @@ from collections import defaultdict
 from functools import partial
 
 import torch
+
 
 def process_age() -> float | None:
     """Seconds since this process started (from Linux's /proc, to 10 ms), so a run's timing can say what

@@ -723,3 +723,14 @@ def test_bad_input_one_line_nothing_written(trained, tiny_models, synth_bench, t
     err = [line for line in run.stderr.splitlines() if "error" in line]
     assert len(err) == 1 and message in err[0] and "Traceback" not in run.stderr
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]   # not a record, not a run file
+
+
+def test_end_process_runs_exit_handlers_and_flushes_before_ending():
+    # cog_test.sh's process ends through end_process (os._exit): what a normal exit does first must still happen,
+    # the atexit handlers in order and the buffered output of a piped stdout, with the exit status kept
+    code = ("import atexit, sys; from cogip.errors import end_process; "
+            "atexit.register(lambda: print('second', flush=False)); atexit.register(lambda: print('first', end=' ')); "
+            "print('answers', end=' '); sys.stderr.write('note'); end_process(3)")
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # as a plain shell runs it
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=buffered)
+    assert (run.returncode, run.stdout, run.stderr) == (3, "answers first second\n", "note")
