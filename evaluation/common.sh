@@ -20,7 +20,7 @@ args=(--model-id "$MODEL_ID" --family "$FAMILY"
 args+=("${FAMILY_ARGS[@]}" "$@")
 # With --compile: inductor's cache in the user's cache folder, on a cluster usually shared by its nodes; torch's
 # default (/tmp/torchinductor_<user>) is one machine's and often goes with a cluster job. Qwen2.5-VL-7B on an H200:
-# ~14 s to compile, ~2.5 s from the cache (docs/benchmarks.md, twentieth round). Entries are keyed by torch
+# ~6 s to compile, ~2-2.5 s from the cache (docs/benchmarks.md, twenty-first round). Entries are keyed by torch
 # version, device and graph, so machines of different kinds share the folder.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cogip/torchinductor}
 if (( NUM_GPUS > 1 )); then

@@ -118,13 +118,11 @@ class ScorerLoading:
 
     def load(self) -> "Scorer":
         from ..train.merge import load_adapted
-        # straight onto the device (device_map): no copy of the weights in host memory first, then moved
         if self.is_adapter:
             model, _ = load_adapted(self.model_id, self.base_model, self.family, dtype=self.dtype_arg,
                                     device=self.device)
         else:
-            model = self.family.load_model(self.model_id, dtype=self.dtype_arg,
-                                           **({"device_map": {"": self.device}} if self.device else {}))
+            model = self.family.load_model(self.model_id, dtype=self.dtype_arg, device=self.device)
         return Scorer(model, self.processor, self.family, self.max_new_tokens, self.compile,
                       compile_dynamic=self.compile_dynamic)
 

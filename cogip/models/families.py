@@ -35,8 +35,11 @@ class Family:
         import transformers
         return getattr(transformers, self.model_class)
 
-    def load_model(self, path: str | os.PathLike, dtype: Any = "auto", **kwargs):
-        """`from_pretrained` of a hub id or a local checkpoint folder."""
+    def load_model(self, path: str | os.PathLike, dtype: Any = "auto", device: str | None = None, **kwargs):
+        """`from_pretrained` of a hub id or a local checkpoint folder; with `device`, the weights loaded straight
+        onto it (device_map), not into host memory first and then moved."""
+        if device:
+            kwargs["device_map"] = {"": device}
         try:
             return self.model_cls().from_pretrained(str(path), dtype=dtype, **kwargs)
         except OSError as e:

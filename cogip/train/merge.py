@@ -36,7 +36,7 @@ def load_adapted(adapter: str | Path, base: str | None = None, family: Family | 
     from peft.utils import get_peft_model_state_dict
     base = base or adapter_base(adapter)
     family = family or resolve_family(base)
-    model = family.load_model(base, dtype=dtype, **({"device_map": {"": device}} if device else {}))
+    model = family.load_model(base, dtype=dtype, device=device)
     try:
         model = PeftModel.from_pretrained(model, str(adapter))
     except (RuntimeError, ValueError, KeyError) as e:
