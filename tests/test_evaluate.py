@@ -74,6 +74,7 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         assert timing["model_load_s"] > 0 and timing["loader_started_s"] <= timing["workers_started_s"] < 0
         assert -timing["workers_started_s"] >= timing["model_load_s"] and timing["workers_started_s"] <= timing["first_batch_s"]
         assert timing["first_batch_s"] <= timing["first_answers_s"] <= timing["seconds"]
+        assert timing["loader_started_s"] < timing["check_done_s"] <= timing["seconds"]   # every image checked, in the run
         seconds, done = zip(*timing["answered"])   # progress after each batch: rising to every item
         assert done[-1] == 32 and list(done) == sorted(done) and seconds[0] == timing["first_answers_s"]
         came, prepared = zip(*timing["arrived"])   # when the loop took each prepared batch, before its answers
@@ -117,6 +118,7 @@ def test_compiled_blocks_give_the_same_answers(trained, synth_bench, tmp_path, m
         assert compiled[name]["frames"] > 0 and compiled[name]["seconds"] > 0, compiled[name]
         assert compiled[name]["phases"]["_compile.compile_inner"] == compiled[name]["seconds"]
         assert compiled[name]["cache_dir"] == str(caches[name])
+        assert compiled[name]["compile_threads"] >= 1 and isinstance(compiled[name]["worker_pool_started"], bool)
         assert any(caches[name].rglob("*.py"))   # the compiled code, kept
     assert compiled["compiled_all"]["frames"] > compiled["compiled"]["frames"]   # the language blocks' parts too
 

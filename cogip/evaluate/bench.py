@@ -323,8 +323,13 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     # Every image is checked (decoded) on a background thread while the first batches run, and nothing is
     # written until the check has passed: a bad image still stops the run before any output, in one line.
     check = ThreadPoolExecutor(1, thread_name_prefix="cogip-check")
-    # a few threads: the loader's workers need the cores more at the start
-    checking = check.submit(check_images, pairs, workers=min(4, os.cpu_count() or 1), progress=False)
+    checked_at = []   # when the check ended (timing.json: check_done_s): its threads share the cores with the start
+
+    def check_all() -> list[str]:   # a few threads: the loader's workers need the cores more at the start
+        problems = check_images(pairs, workers=min(4, os.cpu_count() or 1), progress=False)
+        checked_at.append(time.perf_counter())
+        return problems
+    checking = check.submit(check_all)
     check.shutdown(wait=False)   # the thread ends with the check
     checked = False
     model_load = None
@@ -395,7 +400,8 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
            "loader_started_s": round(loader_started - started, 3), "workers_started_s": round(workers_started - started, 3),
            "model_load_s": round(model_load, 3) if loading else None,
            "first_batch_s": arrived[0][0] if arrived else None,
-           "first_answers_s": answered[0][0] if answered else None, "arrived": arrived,
+           "first_answers_s": answered[0][0] if answered else None,
+           "check_done_s": round(checked_at[0] - started, 3) if checked_at else None, "arrived": arrived,
            "answered": answered}
     if accelerator:
         if not is_main:

@@ -142,9 +142,14 @@ def compile_report() -> dict:
         from torch._inductor.runtime.cache_dir_utils import cache_dir
     except ImportError:   # torch's private module moved: report no folder rather than fail a finished run
         cache_dir = lambda: None
+    try:   # inductor's pool of compile worker processes: whether this process started one, and its size
+        from torch._inductor import async_compile, config
+        workers = {"compile_threads": config.compile_threads, "worker_pool_started": bool(async_compile._pool_set)}
+    except (ImportError, AttributeError):
+        workers = {}
     phases = {name: round(sum(times), 3) for name, times in compilation_time_metrics.items() if sum(times) >= 0.01}
     return {"frames": _frames_traced(), "seconds": phases.get("_compile.compile_inner", 0.0),
-            "cache_dir": cache_dir(), "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
+            "cache_dir": cache_dir(), **workers, "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
 
 
 def _eager_on_recompile():
