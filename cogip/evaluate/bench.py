@@ -306,10 +306,10 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         return time.perf_counter()
 
     def start_loader(prepare):
-        # each worker keeps `prefetch` batches ready, unpinned: the scorer copies each through a pinned buffer
-        # of its answering thread (cogip.evaluate.staging), not a pinned block per batch
+        # each worker keeps `prefetch` batches ready; pinned, each is a block of the host's pinned-memory pool
         loader = torch.utils.data.DataLoader(_Batches(prepare, chunks, plan, image_root), batch_size=None,
-                                             num_workers=num_workers, prefetch_factor=prefetch if num_workers else None)
+                                             num_workers=num_workers, pin_memory=pin_memory,
+                                             prefetch_factor=prefetch if num_workers else None)
         return iter(loader) if chunks else iter(())
 
     started = None if loading else start_clock()
@@ -341,8 +341,6 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
             # the weights loaded in another dtype than their config said: prepare again, as the model needs
             prepared = start_loader(scorer.prepare)
         started = start_clock()
-    scorer.pin_copies = pin_memory
-    buffers_before = scorer.staging.buffers_made
     device_before = _device_pool_stats()
 
     def passed_check() -> None:
@@ -421,7 +419,6 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
               "gc": gc_pauses.summary(),
               "loader": {"workers": num_workers, "prefetch": prefetch, "pin_memory": pin_memory,
                          "host_register": pin_memory and _host_register(),
-                         "staging_buffers": scorer.staging.buffers_made - buffers_before,
                          **_pinned_growth(pinned_before, _pinned_stats())},
               "device_pool": _device_pool_growth(device_before, _device_pool_stats()),
               "compile": compile_report() if scorer.compiled else None,
@@ -500,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 "each holds its own activations)")
     p.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="copy prepared batches to the GPU through a pinned buffer per answering thread, "
-                        "asynchronously (default: on a GPU); --no-pin-memory: from pageable memory")
+                   help="pin prepared batches for asynchronous copies (default: on a GPU)")
     p.add_argument("--profile-batches", type=int, default=0, metavar="N",
                    help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)

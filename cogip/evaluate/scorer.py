@@ -36,7 +36,6 @@ from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import compile_blocks
 from ..models.families import Family, resolve_family
 from ..parse import parse_answer
-from .staging import PinnedStaging
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -179,8 +178,6 @@ class Scorer:
         self._compiling = self.compiled   # until a batch of a new shape compiles nothing (answer_stream)
         self.max_new_tokens = max_new_tokens
         self.prepare = BatchPreparer(processor, family, model.dtype)   # the CPU side of a batch
-        # batches reach the GPU through a pinned buffer per answering thread; False: from pageable memory
-        self.pin_copies, self.staging = True, PinnedStaging()
         self.numbers = NumberTokens.from_tokenizer(self.tokenizer, model.config.get_text_config().vocab_size)
         self._label_tries: dict[str, list[tuple[str, list[int]]]] = {}
         self._columns: dict[tuple[str, ...], tuple] = {}
@@ -204,10 +201,7 @@ class Scorer:
 
     @torch.no_grad()
     def _generate(self, batch: dict, with_scores: bool):
-        if self.pin_copies:
-            batch = self.staging.to_device(batch, self.model.device)
-        else:
-            batch = {k: v.to(self.model.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = {k: v.to(self.model.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         with self._attention_backends():
             out = self.model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
                                       return_dict_in_generate=True, output_logits=with_scores,
