@@ -154,3 +154,16 @@ def test_synth_draw_bench_smoke(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     rates = json.loads((tmp_path / "synth.json").read_text())["images_per_s"]
     assert set(rates) == {"1", "2"} and all(r > 0 for r in rates.values())
+
+
+def test_compile_load_probe_smoke(tmp_path):
+    """benchmarks/compile_load_probe.py on the CPU: a new process per load; compiling imports inductor there."""
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "compile_load_probe.py", "--runs", "none", "all",
+                          "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = json.loads((tmp_path / "compile_load_probe.json").read_text())
+    assert [r["mode"] for r in runs] == ["none", "all"]
+    assert all(0 < r["load_s"] < r["process_s"] and "scorer.py" in r["profile"] for r in runs)
+    plain, compiled = runs
+    assert compiled["modules_imported_by_load"] > plain["modules_imported_by_load"] + 100   # inductor's
+    assert "torch/_inductor/" in compiled["profile"] and "torch/_inductor/" not in plain["profile"]
