@@ -118,6 +118,12 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision",
     `dynamic` is the vision blocks' `torch.compile(dynamic=...)`: None (static graphs first, dynamic ones
     on the first recompile) or True (dynamic from the first batch: one compile where image sizes vary)."""
     wanted = parse_parts(parts)
+    if wanted:
+        # The blocks' float attributes (norms' eps, attention scales) are constants. Traced as symbolic floats, a
+        # LayerNorm's eps, which its kernel takes as a number, made dynamo restart its analysis of the frame and
+        # trace it again (Mllama's vision blocks). Process-wide: dynamo reads it when it traces (the first forward).
+        import torch._dynamo
+        torch._dynamo.config.specialize_float = True
     n = 0
     for _, block, part in repeated_blocks(model, family):
         if part not in wanted:
