@@ -7,10 +7,10 @@ fi
 # first invalid one, as CUDA reads it). Asking torch instead costs a whole Python start and torch import
 # (~2 s of every call); it is asked only where this cannot tell: no nvidia-smi, MIG, devices named by UUID.
 visible_gpus() {
-  local listed n=0 seen=" " d
+  local listed n=0 seen=" " d count; local -a wanted
   listed=$(nvidia-smi -L 2>/dev/null) || return 1
   if grep -q MIG <<< "$listed"; then return 1; fi
-  local count; count=$(grep -c '^GPU [0-9]' <<< "$listed")
+  count=$(grep -c '^GPU [0-9]' <<< "$listed")
   if [ -z "${CUDA_VISIBLE_DEVICES+set}" ]; then echo "$count"; return 0; fi
   IFS=',' read -ra wanted <<< "$CUDA_VISIBLE_DEVICES"
   for d in "${wanted[@]}"; do
