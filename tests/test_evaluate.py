@@ -516,6 +516,7 @@ def test_fast_pinning_joins_the_users_allocator_settings(monkeypatch):
 
 
 def test_profile_of_the_first_batches(trained, synth_bench, tmp_path):
+    from cogip.errors import CogipError
     scorer = Scorer.load(str(trained["qwen"]))
     kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
               dims=["Funniness"], batch_size=2, mode="generate", pipeline=2)
@@ -528,6 +529,17 @@ def test_profile_of_the_first_batches(trained, synth_bench, tmp_path):
     assert timeline["wall_ms"] > 0
     assert "aten::mm" in text or "aten::addmm" in text   # the answering threads' operators are in it
     assert not (tmp_path / "plain" / "profile.txt").exists()
+    # a window past the first batch (a compiled loop's tracing would fill the profile): batches 2-3 of 4
+    windowed = run_benchmark(scorer, out=tmp_path / "windowed", profile_batches="1:3", **kw)
+    assert windowed == plain
+    text = (tmp_path / "windowed" / "profile.txt").read_text()
+    assert text.startswith("the loop's batches 2 to 3, profiled from when 1 had been answered")
+    part = json.loads(text.split("timeline: ", 1)[1].split("\n\n", 1)[0])
+    assert 0 < part["wall_ms"] and ("aten::mm" in text or "aten::addmm" in text)
+    for bad in ("3:3", "2:1", "x", "1:"):
+        with pytest.raises(CogipError, match="--profile-batches"):
+            run_benchmark(scorer, out=tmp_path / "bad", profile_batches=bad, **kw)
+    assert not (tmp_path / "bad").exists()   # refused before anything is written
 
 
 @pytest.mark.parametrize("mode", ["generate", "expected"])

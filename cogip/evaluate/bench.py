@@ -15,8 +15,9 @@ garbage-collection pauses, and the loader's settings with what growing the pinne
 cost; the whole call: when the process and `main` started, the seconds writing outputs, and `call_s` /
 `call_images_per_s` from the process's start to its outputs written), OUT/summary.png, plus a printed table; with
 --profile-batches N, OUT/profile[.rank<R>].txt: the profiler over the loop's start until N batches
-are answered (cogip.profiling.report). Rerunning into OUT skips finished items; a killed run loses
-no finished item and ends with the same metrics as an uninterrupted one.
+are answered (cogip.profiling.report); with A:B, from when A batches are answered until B are.
+Rerunning into OUT skips finished items; a killed run loses no finished item and ends with the same
+metrics as an uninterrupted one.
 Batches run across dimensions, so all but the last are full. With several processes (`accelerate
 launch`), the items are dealt out to the ranks in turn, each appends to its own records file, and rank
 0 gathers them in item order; the loop's clock starts when every rank has loaded its model, and
@@ -219,30 +220,48 @@ def _startup(started: float) -> dict:
             "main_started_s": round(_main_started - started, 3) if _main_started is not None else None}
 
 
-def _start_profile(path: Path, batches: int):
-    """Starts torch.profiler if batches > 0; returns `stop()`, which writes its report (host operators, the
-    CUDA runtime's calls, kernels) to path the first time it is called. For where a run's start-up goes."""
-    if batches <= 0:
-        return lambda: None
-    from ..profiling import start_profile
-    profiled = start_profile(all_threads=True)   # the batches are answered on threads of their own
-    stopped = False
+def profile_window(spec: str | int | tuple[int, int]) -> tuple[int, int]:
+    """--profile-batches: N (the loop's first N batches) or A:B (from when A batches are answered until B
+    are: e.g. past a compiled loop's first batch, whose tracing would fill the profile) -> (A, B)."""
+    if isinstance(spec, tuple):
+        first, last = spec
+    else:
+        text = str(spec)
+        try:
+            first, last = (int(x) for x in text.split(":")) if ":" in text else (0, int(text))
+        except ValueError:
+            raise CogipError(f"--profile-batches takes N or A:B (batches answered), not {text!r}") from None
+    if not 0 <= first < last and (first, last) != (0, 0):
+        raise CogipError(f"--profile-batches {first}:{last}: needs 0 <= A < B")
+    return first, last
+
+
+def _profiler(path: Path, window: tuple[int, int]):
+    """(start, stop) for torch.profiler over `window` (profile_window's; (0, 0): none). stop() writes the report
+    (host operators, the CUDA runtime's calls, kernels) to path once. For where a run's start-up goes."""
+    first, last = window
+    state = {"stop": None}
+
+    def start() -> None:
+        from ..profiling import start_profile
+        if last and state["stop"] is None:
+            state["stop"] = start_profile(all_threads=True)   # the batches are answered on threads of their own
 
     def stop() -> None:
-        nonlocal stopped
-        if stopped:
+        if state["stop"] in (None, "done"):
             return
-        stopped = True
-        text = profiled()
+        text, state["stop"] = state["stop"](), "done"
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, f"the loop's first {batches} batches, profiled from its start\n\n" + text)
-    return stop
+        what = (f"the loop's first {last} batches, profiled from its start" if first == 0 else
+                f"the loop's batches {first + 1} to {last}, profiled from when {first} had been answered")
+        write_atomic(path, what + "\n\n" + text)
+    return start, stop
 
 
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0, pipeline: int = 1, profile_batches: int = 0, prefetch: int = 2,
+                  num_workers: int = 0, pipeline: int = 1, profile_batches: int | str | tuple = 0, prefetch: int = 2,
                   pin_memory: bool | None = None) -> dict:
     """`scorer`: a Scorer, or a ScorerLoading, whose model then loads while the loader prepares the first
     batches (the clock starts once it has loaded, on every rank)."""
@@ -250,6 +269,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     rank = accelerator.process_index if accelerator else 0
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
+    window = profile_window(profile_batches)
     if not test_dir.is_dir():
         raise CogipError("test message folder not found", file=str(test_dir))
     names = dims or sorted(p.name for p in test_dir.iterdir() if p.is_dir())
@@ -294,11 +314,13 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
         chunks[:1] = [part for part in (first[:q], first[q:2 * q], first[2 * q:]) if part]
     bar = tqdm(total=len(share), desc=f"answering ({mode})", disable=not is_main)
     shard = f"records.rank{rank}.jsonl" if world > 1 else "records.jsonl"
-    ranks_ready = profiling = None
+    ranks_ready = None
+    start_profiling, profiling = _profiler(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), window)
 
     def start_clock() -> float:   # once every rank has its model loaded (timing.json: ranks_ready_s)
-        nonlocal ranks_ready, profiling
-        profiling = _start_profile(out / (f"profile.rank{rank}.txt" if world > 1 else "profile.txt"), profile_batches)
+        nonlocal ranks_ready
+        if window[0] == 0:
+            start_profiling()
         if accelerator:
             waiting = time.perf_counter()
             accelerator.wait_for_everyone()
@@ -385,7 +407,9 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                 for name, records in by_dimension.items():
                     append_jsonl(out / name / shard, records)
                 bar.update(len(chunk))
-                if len(answered) == profile_batches:
+                if len(answered) == window[0]:
+                    start_profiling()
+                if len(answered) == window[1]:
                     profiling()
         except Exception:
             passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
@@ -498,8 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="pin prepared batches for asynchronous copies (default: on a GPU)")
-    p.add_argument("--profile-batches", type=int, default=0, metavar="N",
-                   help="profile the loop from its start until N batches are answered: OUT/profile.txt (slows them)")
+    p.add_argument("--profile-batches", default="0", metavar="N|A:B",
+                   help="profile the loop from its start until N batches are answered, or from when A are until B "
+                        "are: OUT/profile.txt (slows them)")
     a = p.parse_args(argv)
     global _main_started
     _main_started = time.perf_counter()
