@@ -252,8 +252,9 @@ def _profiler(path: Path, window: tuple[int, int]):
             return
         text, state["stop"] = state["stop"](), "done"
         path.parent.mkdir(parents=True, exist_ok=True)
+        span = f"batch {last}" if last == first + 1 else f"batches {first + 1} to {last}"
         what = (f"the loop's first {last} batches, profiled from its start" if first == 0 else
-                f"the loop's batches {first + 1} to {last}, profiled from when {first} had been answered")
+                f"the loop's {span}, profiled from when {first} had been answered")
         write_atomic(path, what + "\n\n" + text)
     return start, stop
 
