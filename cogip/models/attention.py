@@ -21,7 +21,6 @@ Both are opaque to torch.compile, since each reads a plan on the host: a graph b
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -85,7 +84,6 @@ def varlen_sdpa(module, query, key, value, attention_mask=None, scaling=None, dr
         return out.transpose(1, 2), None
     if not traced_for_scoring():
         return _windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
-    scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
     return torch.ops.cogip.windowed_sdpa(query, key, value, cu_seq_lens_q, scaling, is_causal), None
 
 
@@ -172,7 +170,6 @@ def padpair_sdpa(module, query, key, value, attention_mask=None, scaling=None, d
     → ([B, L, H, D], None), like transformers' SDPA path."""
     if attention_mask is None or not traced_for_scoring():   # traced with gradients: a graph break (_padding_rows)
         return _padpair_attention(query, key, value, attention_mask, scaling), None
-    scaling = None if getattr(module, "default_sdpa_scale", False) else scaling
     return torch.ops.cogip.padpair_sdpa(query, key, value, attention_mask, scaling), None
 
 
@@ -208,14 +205,6 @@ def _(query, key, value, attention_mask, scaling):
     return query.new_empty(batch, length, heads, dim)
 
 
-def _mark_default_scales(model) -> None:
-    """varlen_sdpa and padpair_sdpa pass None for a vision attention's scale that is SDPA's own default: a float
-    attribute reaches a custom op as a symbolic float, which it cannot take, and dynamo traces the block again."""
-    for module in model.modules():
-        if "VisionAttention" in type(module).__name__ and isinstance(getattr(module, "scaling", None), float):
-            module.default_sdpa_scale = module.scaling == 1 / math.sqrt(module.head_dim)   # as SDPA computes it
-
-
 def use_fast_vision_attention(model) -> bool:
     """Switch a model's vision tower to the exact faster attention above, where one applies; True if done."""
     from transformers import AttentionInterface
@@ -225,12 +214,10 @@ def use_fast_vision_attention(model) -> bool:
         return False                                                  # real flash-attn: already varlen
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         AttentionInterface.register(NAME, varlen_sdpa)
-        _mark_default_scales(model)
         vision._attn_implementation = NAME
         return True
     if model_type == "mllama" and getattr(vision, "_attn_implementation", "sdpa") in ("sdpa", None):
         AttentionInterface.register(PADPAIR_NAME, padpair_sdpa)
-        _mark_default_scales(model)
         vision._attn_implementation = PADPAIR_NAME
         return True
     return False
