@@ -102,6 +102,122 @@ def test_padpair_sdpa_equals_masked_sdpa(tiles):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _causal_padded_mask(real) -> torch.Tensor:
+    """SDPA's boolean mask as transformers builds it for a causal language model with this [B, L] padding."""
+    from transformers.masking_utils import sdpa_mask
+    real = torch.tensor(real, dtype=torch.bool)
+    return sdpa_mask(batch_size=real.shape[0], q_length=real.shape[1], kv_length=real.shape[1], attention_mask=real,
+                     allow_is_causal_skip=False)
+
+
+def test_token_runs_pack_padded_causal_batches_and_nothing_else():
+    cu, longest = attention._token_runs(_causal_padded_mask([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]]))
+    assert cu.dtype == torch.int32 and cu.tolist() == [0, 6, 8, 12, 17, 18] and longest == 6   # left padding
+    cu, longest = attention._token_runs(_causal_padded_mask([[1, 1, 1, 1, 0, 0], [1] * 6]))
+    assert cu.tolist() == [0, 4, 6, 12] and longest == 6                                          # right padding
+    cu, longest = attention._token_runs(_causal_padded_mask([[0, 1, 1, 1, 0, 0]]))
+    assert cu.tolist() == [0, 1, 4, 6] and longest == 3                                           # both ends
+    assert attention._token_runs(_causal_padded_mask([[1, 0, 1, 1, 1, 1]])) is None              # a hole
+    assert attention._token_runs(_causal_padded_mask([[0] * 6, [1] * 6])) is None                # an empty row
+    real = torch.tensor([[0, 0, 1, 1, 1, 1]], dtype=torch.bool)
+    assert attention._token_runs(real[:, None, None, :].expand(1, 1, 6, 6).clone()) is None      # both ways
+    assert attention._token_runs(_causal_padded_mask([[0, 0, 1, 1, 1, 1]]).float()) is None      # an additive bias
+
+
+def _segment_sdpa(q, k, v, cu_seqlens, longest, scaling, is_causal):
+    """`attention.flash_varlen` as plain SDPA, one call per segment (its reference; on the CPU, its stand-in)."""
+    bounds = cu_seqlens.tolist()
+    assert longest >= max(b - a for a, b in zip(bounds, bounds[1:]))
+    out, rep = torch.empty_like(q), q.shape[1] // k.shape[1]
+    for a, b in zip(bounds, bounds[1:]):
+        qs, ks, vs = (t[a:b].transpose(0, 1) for t in (q, k, v))
+        o = F.scaled_dot_product_attention(qs, ks.repeat_interleave(rep, 0), vs.repeat_interleave(rep, 0),
+                                           scale=scaling, is_causal=is_causal)
+        out[a:b] = o.transpose(0, 1)
+    return out
+
+
+def _padded_qwen_batch(tiny_models):
+    """A left-padded batch of images of three sizes and two prompts: rows of different lengths, mixed windows."""
+    fam = FAMILIES["qwen"]
+    proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=140 * 140)
+    rng = np.random.default_rng(2)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((112, 112), (84, 140), (56, 56))]
+    proc.tokenizer.padding_side = "left"
+    prompts = ["How beautiful?", "How funny is this image, from 0 to 10?", "How memorable?"]
+    batch = proc(text=[fam.chat_prompt(proc, p) for p in prompts], images=images, return_tensors="pt", padding=True)
+    real = batch["attention_mask"].bool()
+    assert len(set(real.sum(1).tolist())) == 3
+    return fam, batch, real
+
+
+def test_packed_prefill_and_varlen_windows_match_sdpa(tiny_models, monkeypatch):
+    """The scorer's GPU paths, packing checked on the CPU with flash's kernel replaced by its per-segment
+    reference: the logits of transformers' own SDPA paths at every real token."""
+    fam, batch, real = _padded_qwen_batch(tiny_models)
+    reference = fam.load_model(tiny_models["qwen"], dtype=torch.float32).eval()
+    reference.config.vision_config._attn_implementation = "sdpa"     # transformers' loop, one call per window
+    model = fam.load_model(tiny_models["qwen"], dtype=torch.float32).eval()
+    assert attention.use_fast_vision_attention(model) and attention.use_packed_prefill(model)
+    calls = []
+    monkeypatch.setattr(attention, "flash_varlen_usable", lambda query: True)
+    monkeypatch.setattr(attention, "flash_varlen", lambda *a: calls.append(a[3].tolist()) or _segment_sdpa(*a))
+    with torch.no_grad():
+        want, got = reference(**batch).logits, model(**batch).logits
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+    rows, length = real.shape
+    pads = (length - real.sum(1)).tolist()
+    packed = [0] + [end for i, p in enumerate(pads) for end in ([i * length + p] if p else []) + [(i + 1) * length]]
+    text = [cu for cu in calls if cu[-1] == rows * length]
+    assert text == [packed] * model.config.get_text_config().num_hidden_layers   # every layer's prefill, packed
+    vision = [cu for cu in calls if cu[-1] != rows * length]
+    assert len(vision) == model.config.vision_config.depth                    # every vision layer's windows
+    calls.clear()
+    with torch.no_grad():
+        want = reference.generate(**batch, max_new_tokens=3, do_sample=False)
+        got = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert torch.equal(got, want) and len(calls) == len(text) + len(vision)   # decoding: SDPA over the cache
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="flash's variable-length kernel runs on a GPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("heads, kv_heads, dim, causal", [(4, 2, 16, True), (16, 16, 80, False), (28, 4, 128, True)])
+def test_flash_varlen_matches_sdpa_per_segment(heads, kv_heads, dim, causal):
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 64, 70, 199, 200], dtype=torch.int32, device="cuda")
+    q = torch.randn(200, heads, dim, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(200, kv_heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    got = attention.flash_varlen(q, k, v, cu, 129, None, causal)
+    torch.testing.assert_close(got, _segment_sdpa(q, k, v, cu, 129, None, causal), rtol=1.6e-2, atol=1e-2)   # bf16 SDPA
+    exact = _segment_sdpa(q.float(), k.float(), v.float(), cu, 129, None, causal)
+    torch.testing.assert_close(got.float(), exact, rtol=0, atol=2e-2)
+
+
+@needs_gpu
+def test_packed_prefill_and_varlen_windows_on_a_gpu(tiny_models, monkeypatch):
+    """In bf16 on a GPU, flash's own kernel: logits at every real token as close to float32's as SDPA's paths."""
+    fam, batch, real = _padded_qwen_batch(tiny_models)
+    batch, real = {k: v.cuda() for k, v in batch.items()}, real.cuda()
+    logits, real_varlen = {}, attention.flash_varlen
+    for name in ("float32", "sdpa", "packed"):
+        model = fam.load_model(tiny_models["qwen"], dtype=torch.float32 if name == "float32" else torch.bfloat16,
+                               device="cuda").eval()
+        model.config.vision_config._attn_implementation = "sdpa"
+        if name == "packed":
+            assert attention.use_fast_vision_attention(model) and attention.use_packed_prefill(model)
+        calls = []
+        monkeypatch.setattr(attention, "flash_varlen", lambda *a: calls.append(a) or real_varlen(*a))
+        with torch.no_grad():
+            logits[name] = model(**batch).logits.float()[real]
+        assert len(calls) == (model.config.get_text_config().num_hidden_layers + model.config.vision_config.depth
+                              if name == "packed" else 0)
+    err = {name: (logits[name] - logits["float32"]).abs().max().item() for name in ("sdpa", "packed")}
+    print(err)
+    assert err["packed"] <= 1.5 * err["sdpa"] + 1e-3 * logits["float32"].abs().max().item()
+
+
 @pytest.mark.parametrize("family", ["qwen", "llama"])   # the window plan; Mllama's padding groups
 def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family):
     """The plan caches change with every forward; traced by torch.compile, their contents became guards,

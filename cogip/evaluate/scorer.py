@@ -31,7 +31,7 @@ import torch
 from ..dims import Dimension, get_dimension
 from ..errors import CogipError
 from ..loss import NumberTokens
-from ..models.attention import use_fast_vision_attention
+from ..models.attention import use_fast_vision_attention, use_packed_prefill
 from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import compile_blocks
 from ..models.families import Family, resolve_family
@@ -169,6 +169,7 @@ class Scorer:
         self.cudnn_attention = cudnn_attention
         self.tokenizer = processor.tokenizer
         use_fast_vision_attention(model)   # exact, faster vision attention (cogip.models.attention)
+        use_packed_prefill(model)   # exact; a padded batch's prefill in flash's kernel on a GPU (likewise)
         use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
         # fuses elementwise work (docs/benchmarks.md). compile_dynamic: compile_blocks' `dynamic` for the vision blocks;
         # True (one compile, dynamic shapes from the first batch): real images differ in size, so the graphs end up

@@ -17,10 +17,20 @@ padding rows are then recomputed over the real keys only.
 Both are opaque to torch.compile, since each reads a plan on the host: a graph break when training
 (autograd derives their backward), a custom op when a scorer compiles (`cogip::windowed_sdpa`,
 `cogip::padpair_sdpa`), so that a compiled vision block is one graph, traced once.
+
+When scoring on a GPU, flash's variable-length kernel takes both packed forms whole:
+- Qwen's windows of mixed lengths (images of varied sizes), instead of a gather, an SDPA call and a scatter per
+  window length;
+- the language model's prefill of a padded batch. A padding mask sends SDPA from flash to its memory-efficient
+  kernel; but each item's tokens are one contiguous run of its row, so the batch's rows laid end to end are
+  segments (padding, tokens), causal within each: exact for every real token, with no copy (`packed_prefill_sdpa`).
+On images of varied sizes, the gathers, scatters and memory-efficient attention these replace took 21% of a compiled
+loop's kernel time (docs/benchmarks.md, twenty-third round).
 """
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
@@ -97,12 +107,19 @@ def traced_for_scoring() -> bool:
 
 def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor,
                         scaling: float | None, is_causal: bool) -> torch.Tensor:
-    """[1, H, T, D] → [1, T, H, D]. Equal windows (same-size images): plain views, no gather/scatter copies;
-    otherwise one SDPA call per distinct window length, over the windows of that length gathered."""
+    """[1, H, T, D] → [1, T, H, D]. Scoring on a GPU: flash's variable-length kernel over all windows at once.
+    Otherwise (with gradients, on the CPU): equal windows (same-size images) as plain views, no gather/scatter
+    copies; mixed ones with one SDPA call per distinct window length, over the windows of that length gathered."""
     plan = _plan(cu_seqlens)
     _, heads, total, dim = query.shape
-    # A new tensor, not a view, from either path: a compiled block resumed after this guards on whether its
-    # input is a view and on the view's base, and traced again when the path changed.
+    if not torch.is_grad_enabled() and flash_varlen_usable(query):   # scoring on a GPU: one call, no gathers
+        longest = plan if isinstance(plan, int) else max(n for _, n in plan)
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))   # [T, H, D], views
+        cu = cu_seqlens.to(torch.int32)
+        return flash_varlen(q, k, v, cu, longest, scaling, is_causal).unsqueeze(0)
+    # A new tensor, not a view, from either path below (with gradients, the graph break's; the path above returns a
+    # view, but only as a custom op's output or uncompiled): a compiled block resumed after this guards on whether
+    # its input is a view and on the view's base, and traced again when the path changed.
     out = query.new_empty(1, total, heads, dim)
     if isinstance(plan, int):
         q, k, v = (t[0].view(heads, total // plan, plan, dim).transpose(0, 1) for t in (query, key, value))
@@ -221,6 +238,101 @@ def use_fast_vision_attention(model) -> bool:
         vision._attn_implementation = PADPAIR_NAME
         return True
     return False
+
+
+def flash_varlen_usable(query: torch.Tensor) -> bool:
+    """Whether flash's variable-length kernel takes this query: a GPU that has it, a half dtype, a head size it
+    supports, and flash not switched off (`allow_sdpa_backends`, torch's `sdpa_kernel`)."""
+    return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] % 8 == 0
+            and query.shape[-1] <= 256 and torch.backends.cuda.flash_sdp_enabled()
+            and _has_flash(query.device.index))
+
+
+@functools.lru_cache(maxsize=None)
+def _has_flash(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 0)
+
+
+def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int,
+                 scaling: float | None, is_causal: bool) -> torch.Tensor:
+    """Attention of each segment [cu[i], cu[i+1]) of the rows to itself: q [T, H, D], k/v [T, H_kv, D] (H_kv
+    dividing H), cu_seqlens int32 on the device, `longest` at least the longest segment → [T, H, D]. The kernel
+    SDPA runs for unmasked attention (flash), one launch for all the segments (torch's private op, stable since 2.2)."""
+    return torch.ops.aten._flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, longest, longest, 0.0, is_causal,
+                                                   False, scale=scaling)[0]
+
+
+PACKED_PREFILL_NAME = "sdpa_packed_prefill_cogip"
+_RECENT_RUNS: list = []
+
+
+def _token_runs(mask: torch.Tensor):
+    """(cu_seqlens, longest) packing a padded causal batch, or None where its mask is anything else.
+    mask: SDPA's boolean [B, 1, L, L] (True: attend). Packed means: in each row the real tokens are one run
+    [s, s + n) (padding at either end or both); each real query attends exactly to the real keys at or before it.
+    Then the rows laid end to end split into segments (padding, tokens, padding), causal within each: exact for
+    every real query. Padding queries attend among themselves, finite and unread. One host read per mask."""
+    return _per_tensor(_RECENT_RUNS, mask, _read_token_runs)
+
+
+def _read_token_runs(mask: torch.Tensor):
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-1] != mask.shape[-2]:
+        return None
+    batch, length = mask.shape[0], mask.shape[-1]
+    mask = mask[:, 0]
+    real = mask.any(dim=1)                                           # [B, L] keys some query attends to
+    count = real.sum(dim=1)
+    start = real.int().argmax(dim=1)                                 # the first real token
+    pos = torch.arange(length, device=mask.device)
+    run = (pos >= start[:, None]) & (pos < (start + count)[:, None])   # [B, L]
+    causal = pos[:, None] >= pos[None, :]
+    expected = causal & run[:, None, :]                             # real query i: real keys j <= i
+    ok = (real == run).all() & (count > 0).all() & ((mask == expected) | ~run[:, :, None]).all()
+    host = torch.cat([ok.long().view(1), start.long(), count.long()]).cpu()   # the host sync
+    if not host[0]:
+        return None
+    starts, counts = host[1:batch + 1].tolist(), host[batch + 1:].tolist()
+    cu, longest = [0], 0
+    for i, (s, n) in enumerate(zip(starts, counts)):
+        for end in (i * length + s, i * length + s + n, (i + 1) * length):   # padding, tokens, padding
+            if end > cu[-1]:
+                longest = max(longest, end - cu[-1])
+                cu.append(end)
+    return torch.tensor(cu, dtype=torch.int32).to(mask.device, non_blocking=True), longest
+
+
+def packed_prefill_sdpa(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
+    """transformers' SDPA attention, except for the prefill of a padded batch on a GPU (`_token_runs`): there,
+    flash's variable-length kernel over the batch's rows end to end. query [B, H, L, D], key/value [B, H_kv, L, D]
+    → ([B, L, H, D], None), as SDPA's path returns."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    batch, heads, length, dim = query.shape
+    if (attention_mask is not None and length > 1 and key.shape[2] == length and dropout == 0.0
+            and kwargs.get("sliding_window") is None and flash_varlen_usable(query)
+            and attention_mask.shape[0] == batch and attention_mask.shape[-2:] == (length, length)):
+        runs = _token_runs(attention_mask)
+        if runs is not None:
+            cu, longest = runs
+            q, k, v = (t.transpose(1, 2).reshape(batch * length, t.shape[1], dim) for t in (query, key, value))
+            out = flash_varlen(q, k, v, cu, longest, scaling, True)
+            return out.view(batch, length, heads, dim), None
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                  **kwargs)
+
+
+def use_packed_prefill(model) -> bool:
+    """Switch a model's language attention to `packed_prefill_sdpa` (with SDPA's masks), where its language
+    mask is plain causal with padding (Qwen2-VL, Qwen2.5-VL); True if done. Gemma 3's images attend both ways
+    and Mllama's prompts are short (its images enter through cross-attention): left as they are."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    text = model.config.get_text_config()
+    if getattr(model.config, "model_type", "") not in ("qwen2_5_vl", "qwen2_vl") or text._attn_implementation != "sdpa":
+        return False
+    AttentionInterface.register(PACKED_PREFILL_NAME, packed_prefill_sdpa)
+    AttentionMaskInterface.register(PACKED_PREFILL_NAME, sdpa_mask)
+    text._attn_implementation = PACKED_PREFILL_NAME
+    return True
 
 
 SDPA_BACKENDS = {"cudnn": torch.backends.cuda.enable_cudnn_sdp, "flash": torch.backends.cuda.enable_flash_sdp,
