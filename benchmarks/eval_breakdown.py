@@ -4,6 +4,11 @@ CPU preparation, vision tower, full prefill, generation; then the profiler's top
 flight), profiled once warm: whether the running loop keeps the GPU busy, and which kernels fill it.
 
     python benchmarks/eval_breakdown.py [--batch 32] [--compile none|vision|all] [--stream 6 --pipeline 3]
+                                        [--size-range 640 1152]
+
+Images are 896 px squares (1024 visual tokens each) unless --size-range draws their sides, as real benches'
+images differ: then the batch is padded and Qwen's vision windows come in many lengths, which same-size images
+never show (docs/benchmarks.md, twenty-third round).
 """
 
 from __future__ import annotations
@@ -44,15 +49,24 @@ def main():
     p.add_argument("--stream", type=int, default=0, help="batches to profile through answer_stream (0: skip)")
     p.add_argument("--pipeline", type=int, default=3, help="batches in flight for --stream")
     p.add_argument("--mode", default="generate", choices=["generate", "expected"], help="scoring mode for --stream")
+    p.add_argument("--size-range", type=int, nargs=2, metavar=("LOW", "HIGH"),
+                   help="image sides drawn from [LOW, HIGH] px, read within cog_test.sh's pixel bounds, the batch's "
+                        "items of like length as the loop runs them (default: all 896 px)")
     a = p.parse_args()
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(build_tiny("qwen", "/tmp/bd_tiny"))
-    fam.set_pixel_bounds(proc, 896 * 896, 896 * 896)
+    rng = np.random.default_rng(0)
+    if a.size_range:
+        fam.set_pixel_bounds(proc, 256 * 28 * 28, 1280 * 28 * 28)   # cog_test.sh's defaults for Qwen
+        sizes = like_lengths(fam, proc, rng.integers(a.size_range[0], a.size_range[1] + 1, (8 * a.batch, 2)), a.batch)
+    else:
+        fam.set_pixel_bounds(proc, 896 * 896, 896 * 896)
+        sizes = [(896, 896)] * a.batch
     with torch.device("cuda"):
         model = fam.model_cls()._from_config(qwen2_5_vl_7b(proc.tokenizer), dtype=torch.bfloat16).eval()
     scorer = Scorer(model, proc, fam, max_new_tokens=10, compile=a.compile)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (896, 896, 3), dtype=np.uint8)) for _ in range(a.batch)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    print("visual tokens per image:", [fam.visual_tokens_added(proc, w, h) for w, h in sizes])
     prompts = [DIMENSIONS["Aesthetics"].prompt] * a.batch
     t = time.perf_counter()
     batch = scorer.prepare(images, prompts)
@@ -77,6 +91,14 @@ def main():
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=12, max_name_column_width=60))
     if a.stream:
         stream_profile(scorer, batch, a)
+
+
+def like_lengths(fam, proc, drawn, batch: int) -> list[tuple[int, int]]:
+    """A batch of the loop's kind from sizes drawn: the loop runs items longest first, so a batch holds items of
+    like length; this takes the middle batch of the drawn sizes so ordered."""
+    ordered = sorted(map(tuple, drawn.tolist()), key=lambda wh: -fam.visual_tokens_added(proc, *wh))
+    middle = (len(ordered) - batch) // 2
+    return ordered[middle:middle + batch]
 
 
 def vision_ops(model, gpu):
