@@ -220,17 +220,14 @@ def _startup(started: float) -> dict:
             "main_started_s": round(_main_started - started, 3) if _main_started is not None else None}
 
 
-def profile_window(spec: str | int | tuple[int, int]) -> tuple[int, int]:
+def profile_window(spec: str | int) -> tuple[int, int]:
     """--profile-batches: N (the loop's first N batches) or A:B (from when A batches are answered until B
     are: e.g. past a compiled loop's first batch, whose tracing would fill the profile) -> (A, B)."""
-    if isinstance(spec, tuple):
-        first, last = spec
-    else:
-        text = str(spec)
-        try:
-            first, last = (int(x) for x in text.split(":")) if ":" in text else (0, int(text))
-        except ValueError:
-            raise CogipError(f"--profile-batches takes N or A:B (batches answered), not {text!r}") from None
+    text = str(spec)
+    try:
+        first, last = (int(x) for x in text.split(":")) if ":" in text else (0, int(text))
+    except ValueError:
+        raise CogipError(f"--profile-batches takes N or A:B (batches answered), not {text!r}") from None
     if not 0 <= first < last and (first, last) != (0, 0):
         raise CogipError(f"--profile-batches {first}:{last}: needs 0 <= A < B")
     return first, last
@@ -262,7 +259,7 @@ def _profiler(path: Path, window: tuple[int, int]):
 def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.PathLike, out: str | os.PathLike,
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
-                  num_workers: int = 0, pipeline: int = 1, profile_batches: int | str | tuple = 0, prefetch: int = 2,
+                  num_workers: int = 0, pipeline: int = 1, profile_batches: int | str = 0, prefetch: int = 2,
                   pin_memory: bool | None = None) -> dict:
     """`scorer`: a Scorer, or a ScorerLoading, whose model then loads while the loader prepares the first
     batches (the clock starts once it has loaded, on every rank)."""

@@ -65,6 +65,15 @@ def _plan(cu_seqlens: torch.Tensor) -> int | list[tuple[torch.Tensor, int]]:
     return _per_tensor(_RECENT_PLANS, cu_seqlens, _read_plan)
 
 
+_RECENT_LONGEST: list = []
+
+
+def _longest(cu_seqlens: torch.Tensor) -> int:
+    """The longest sequence's length, all that flash's kernel needs of the plan: read once per tensor, without
+    building `_plan`'s gather indices."""
+    return _per_tensor(_RECENT_LONGEST, cu_seqlens, lambda cu: int((cu[1:] - cu[:-1]).max()))   # the host sync
+
+
 def _read_plan(cu_seqlens: torch.Tensor):
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()          # the host sync
     key = (tuple(lengths), str(cu_seqlens.device))
@@ -110,13 +119,12 @@ def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     """[1, H, T, D] → [1, T, H, D]. Scoring on a GPU: flash's variable-length kernel over all windows at once.
     Otherwise (with gradients, on the CPU): equal windows (same-size images) as plain views, no gather/scatter
     copies; mixed ones with one SDPA call per distinct window length, over the windows of that length gathered."""
-    plan = _plan(cu_seqlens)
-    _, heads, total, dim = query.shape
     if not torch.is_grad_enabled() and flash_varlen_usable(query):   # scoring on a GPU: one call, no gathers
-        longest = plan if isinstance(plan, int) else max(n for _, n in plan)
         q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))   # [T, H, D], views
         cu = cu_seqlens.to(torch.int32)
-        return flash_varlen(q, k, v, cu, longest, scaling, is_causal).unsqueeze(0)
+        return flash_varlen(q, k, v, cu, _longest(cu_seqlens), scaling, is_causal).unsqueeze(0)
+    plan = _plan(cu_seqlens)
+    _, heads, total, dim = query.shape
     # A new tensor, not a view, from either path below (with gradients, the graph break's; the path above returns a
     # view, but only as a custom op's output or uncompiled): a compiled block resumed after this guards on whether
     # its input is a view and on the view's base, and traced again when the path changed.
