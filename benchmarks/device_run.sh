@@ -58,9 +58,13 @@ run_section() {
     scaling:*) FAMILY=${1#scaling:} section "scaling_${1#scaling:}" scaling ;;   # e.g. LANES="0=scaling:qwen 1=scaling:gemma"
   esac
 }
-# a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time
-( sleep "${DEADLINE:-530}"; echo "deadline: stopping"; pkill -TERM -f python3; sleep 5; pkill -KILL -f python3 ) \
-  > "$RES/watchdog.log" 2>&1 &
+rm -f "$RES/.sections_done"
+# a watchdog stops whatever still runs at DEADLINE seconds, so the results still get packed in time. It matches
+# command lines that start with python3 (not -f python3: that also matched a device command line that merely
+# named python3 after this script, and killed it), and does nothing once the sections are done: stopping its
+# sleep first would have let it go on to the kill
+( sleep "${DEADLINE:-530}"; [ -e "$RES/.sections_done" ] && exit; echo "deadline: stopping"
+  pkill -TERM -f '^[^ ]*python3[.0-9]* '; sleep 5; pkill -KILL -f '^[^ ]*python3[.0-9]* ' ) > "$RES/watchdog.log" 2>&1 &
 watchdog=$!
 if [ -n "${LANES:-}" ]; then
   lanes=()
@@ -77,6 +81,6 @@ if [ -n "${LANES:-}" ]; then
 else
   for s in ${SECTIONS:-loss eval multigpu}; do run_section "$s"; done
 fi
-pkill -P "$watchdog" sleep 2>/dev/null; kill "$watchdog" 2>/dev/null
+touch "$RES/.sections_done"; kill "$watchdog" 2>/dev/null; pkill -P "$watchdog" sleep 2>/dev/null
 (cd "$RES" && find . -name "*.log" -o -name "*.json" -o -name "*.txt" | grep -v -e tiny_ -e /bench/ -e /model/ \
   | tar czf "$OUT/results.tgz" -T -)
