@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,3 +168,25 @@ def test_compile_load_probe_smoke(tmp_path):
     plain, compiled = runs
     assert compiled["modules_imported_by_load"] > plain["modules_imported_by_load"] + 100   # inductor's
     assert "torch/_inductor/" in compiled["profile"] and "torch/_inductor/" not in plain["profile"]
+
+
+def test_loop_rate_recovers_a_known_rate_and_the_start_and_end(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from loop_rate import loop_rate, main
+    rng = np.random.default_rng(0)
+    tokens = [int(t) for t in 32 * np.sort(rng.integers(600, 1300, 40))[::-1]]   # longest first, as the loop takes them
+    done = np.cumsum(tokens) / 1e6
+    seconds = 6.0 + 40.0 * done + rng.normal(0, 0.05, len(done))   # 40 s per million tokens, 6 s lost at the start
+    seconds[-1] += 1.5                                                # and the end's drain
+    answered = [[round(float(s), 3), 32 * (k + 1)] for k, s in enumerate(seconds)]
+    r = loop_rate({"answered": answered, "padded_tokens": tokens})
+    assert abs(r["s_per_mtok"] - 40.0) < 0.3 and abs(r["start_lag_s"] - 6.0) < 0.3 and abs(r["end_lag_s"] - 1.5) < 0.2
+    assert r["items"] == 1280 and abs(r["running_images_per_s"] - 1280 / (40.0 * done[-1])) < 0.3
+    assert abs(r["loop_s"] - (r["work_at_rate_s"] + r["start_lag_s"] + r["end_lag_s"])) < 0.02
+    with pytest.raises(ValueError, match="no padded_tokens"):   # a timing.json from before the field
+        loop_rate({"answered": answered})
+    with pytest.raises(ValueError, match="39 batches taken but 40 answered"):
+        loop_rate({"answered": answered, "padded_tokens": tokens[:-1]})
+    f = tmp_path / "scaling.json"   # several runs in one file, as benchmarks/scaling.sh writes them
+    f.write_text(json.dumps({"run_a": {"answered": answered, "padded_tokens": tokens}, "old": {"answered": answered}}))
+    assert main([str(f)]) == 0

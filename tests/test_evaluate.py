@@ -80,6 +80,10 @@ def test_cog_test_both_modes(trained, synth_bench, tmp_path, family):
         came, prepared = zip(*timing["arrived"])   # when the loop took each prepared batch, before its answers
         assert prepared == done and came[0] == timing["first_batch_s"]
         assert all(c <= s for c, s in zip(came, seconds)) and list(came) == sorted(came)
+        # each batch's padded tokens: its items times one padded length, at least its prompts' text
+        sizes = [b - a for a, b in zip((0, *prepared), prepared)]
+        assert len(timing["padded_tokens"]) == len(sizes)
+        assert all(t % n == 0 and t // n > 20 for t, n in zip(timing["padded_tokens"], sizes)), timing["padded_tokens"]
         assert len(timing["gc"]["collections"]) == 3 and sum(timing["gc"]["collections"]) > 0   # a run allocates
         assert timing["loader"] == {"workers": 0, "prefetch": 2, "pin_memory": False, "host_register": False}   # the CPU's defaults
         # the whole call's start-up before the clock: the process, then main (imports done), then the loader

@@ -384,9 +384,16 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     def mark(log: list, chunk) -> None:   # (seconds since the start, items so far) for timing.json
         log.append((round(time.perf_counter() - started, 3), len(chunk) + (log[-1][1] if log else 0)))
 
+    # each batch's padded tokens (items x padded length), in the order taken: a batch's device time goes with
+    # them, so the loop's rate once running and its start-up's lag against that rate can be read off
+    # (benchmarks/loop_rate.py); with images of varied sizes, batches of the longest come first
+    padded_tokens = []
+
     def jobs():
         for chunk, batch in prepared:
             mark(arrived, chunk)
+            ids = batch.get("input_ids") if isinstance(batch, dict) else None
+            padded_tokens.append(int(ids.numel()) if torch.is_tensor(ids) else None)
             yield chunk, batch, [get_dimension(name) for name, _ in chunk], mode
 
     answered = []   # (seconds, items done) after each batch, for timing.json
@@ -424,7 +431,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
            "first_batch_s": arrived[0][0] if arrived else None,
            "first_answers_s": answered[0][0] if answered else None,
            "check_done_s": round(checked_at[0] - started, 3) if checked_at else None, "arrived": arrived,
-           "answered": answered}
+           "answered": answered, "padded_tokens": padded_tokens}
     if accelerator:
         if not is_main:
             write_json(out / f"timing.rank{rank}.json", own)
