@@ -58,8 +58,9 @@ sharded = build()
 args = TrainingArguments(output_dir=out + ".d", fsdp=True, fsdp_config=config, use_cpu=True, report_to="none")
 blocks = fsdp_wrap_blocks(args.fsdp_plugin_args, sharded, family)
 plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+# what fsdp2_prepare_model reads of an Accelerator (accelerate 1.16 added its device, where ignored modules go)
 accelerator = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
-                              is_main_process=dist.get_rank() == 0, torch_device_mesh=None)
+                              is_main_process=dist.get_rank() == 0, torch_device_mesh=None, device=torch.device("cpu"))
 sharded = fsdp2_prepare_model(accelerator, sharded)
 registered = as_fsdp_forward(sharded)
 losses = [loss_of(sharded)]
