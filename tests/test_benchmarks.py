@@ -1,6 +1,7 @@
 """CPU-sized runs of the benchmark scripts: that they run and report (speed is measured on GPUs,
 see docs/benchmarks.md)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -171,8 +172,10 @@ def test_compile_load_probe_smoke(tmp_path):
 
 
 def test_loop_rate_recovers_a_known_rate_and_the_start_and_end(tmp_path):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from loop_rate import loop_rate, main
+    spec = importlib.util.spec_from_file_location("loop_rate", ROOT / "benchmarks" / "loop_rate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)   # a script, not a package module: loaded from its file
+    loop_rate, main = module.loop_rate, module.main
     rng = np.random.default_rng(0)
     tokens = [int(t) for t in 32 * np.sort(rng.integers(600, 1300, 40))[::-1]]   # longest first, as the loop takes them
     done = np.cumsum(tokens) / 1e6
