@@ -22,7 +22,7 @@ def loop_rate(timing: dict, first: int = 15, tail: int = 3) -> dict:
     """Seconds per million padded tokens from batch `first` (1-based) to the last `tail` (left out); the
     start's and the end's lag against that rate."""
     tokens, answered = timing.get("padded_tokens"), timing["answered"]
-    if not tokens or None in tokens:
+    if not tokens:
         raise ValueError("no padded_tokens in this timing.json (written since 2026-12-07)")
     if len(tokens) != len(answered):
         raise ValueError(f"{len(tokens)} batches taken but {len(answered)} answered")

@@ -392,8 +392,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     def jobs():
         for chunk, batch in prepared:
             mark(arrived, chunk)
-            ids = batch.get("input_ids") if isinstance(batch, dict) else None
-            padded_tokens.append(int(ids.numel()) if torch.is_tensor(ids) else None)
+            padded_tokens.append(batch["input_ids"].numel())   # a BatchPreparer's batch: every family's has them
             yield chunk, batch, [get_dimension(name) for name, _ in chunk], mode
 
     answered = []   # (seconds, items done) after each batch, for timing.json
