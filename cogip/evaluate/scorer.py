@@ -65,15 +65,14 @@ class BatchPreparer:
         they vary with its size, `image_size` = (width, height)): what a batch pads its items up to."""
         if prompt not in self._prompt_tokens:
             text = self.family.chat_prompt(self.processor, prompt)
-            self._prompt_tokens[prompt] = len(self.processor.tokenizer(text)["input_ids"])
+            self._prompt_tokens[prompt] = len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
         visual = self.family.visual_tokens_added(self.processor, *image_size) if image_size else 0
         return self._prompt_tokens[prompt] + visual
 
     def __call__(self, images: list, prompts: list[str]) -> dict:
         texts = [self.family.chat_prompt(self.processor, p) for p in prompts]
         self.processor.tokenizer.padding_side = "left"
-        batch = dict(self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                                    padding=True))
+        batch = dict(self.family.encode(self.processor, texts, images, return_tensors="pt", padding=True))
         # pixels in the model's dtype already here: the model's own first step is this cast (exact), and a
         # batch of 32 Qwen images is 616 MB in float32 to pass from a loader worker, pin and copy
         return {k: v.to(self.dtype) if torch.is_tensor(v) and v.is_floating_point() and self.dtype in LOW_PRECISION
@@ -94,12 +93,13 @@ class ScorerLoading:
         self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
         self.compile, self.compile_dynamic = compile, compile_dynamic
         self.is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
+        fam = resolve_family(model_id, family)
         if self.is_adapter:
             weights_src = base_model or adapter_base(model_id)
+            resolve_family(weights_src, fam.name)   # the base too, before anything loads
             processor_src = processor_source(model_id, base_model)
         else:
             processor_src = weights_src = model_id
-        fam = resolve_family(weights_src, family)
         self.family = fam
         self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels))
         self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))

@@ -97,6 +97,12 @@ class Family:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
         return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def encode(self, processor, texts: list[str], images: list, **kwargs):
+        """Chat texts and their images -> model inputs. A chat text already holds every special token its
+        template renders, BOS included, so the tokenizer adds none of its own: Llama's and Gemma's would
+        put a second BOS before the template's (transformers' apply_chat_template tokenizes the same way)."""
+        return processor(text=texts, images=self.images_arg(images), add_special_tokens=False, **kwargs)
+
     def images_arg(self, images: list) -> list:
         return [[im] for im in images] if self.images_nested else list(images)
 
@@ -131,10 +137,21 @@ def get_family(name: str) -> Family:
 
 
 def resolve_family(model_id: str | os.PathLike, family: str | None = None) -> Family:
-    """`family` by name when given; else a checkpoint folder's, from its config; else a hub id's."""
+    """The family of a model source — a hub id, a checkpoint folder or a LoRA adapter folder — from its files
+    where it has them (config.json's model_type; an adapter's recorded family or base), checked against
+    `family` when given. Called before anything loads, so a wrong source fails in one line, not after the
+    weights."""
+    check_source(model_id)
+    found, what = _family_of(str(model_id))
     if family:
-        return get_family(family)
-    return detect_family(model_id) if os.path.isdir(str(model_id)) else get_family(str(model_id))
+        fam = get_family(family)
+        if found is not None and found is not fam:
+            raise CogipError(f"{what}, not {fam.name}: use the {found.name} scripts (sft/{found.name}/, "
+                             f"evaluation/{found.name}/) or a {fam.name} model", file=str(model_id))
+        return fam
+    if found is None:
+        raise CogipError(f"cannot tell the model family of {model_id}: pass --family ({', '.join(FAMILIES)})")
+    return found
 
 
 def detect_family(path: str | os.PathLike) -> Family:
@@ -148,3 +165,67 @@ def detect_family(path: str | os.PathLike) -> Family:
         if model_type.startswith(key):
             return FAMILIES[fam]
     raise CogipError(f"model_type {model_type!r} is not a supported family", file=cfg)
+
+
+def _family_of(source: str) -> tuple[Family | None, str]:
+    """(family, how it was found) of a source, or (None, "") where its files or name do not say."""
+    import json
+    if os.path.isfile(os.path.join(source, "config.json")):
+        fam = detect_family(source)
+        model_type = json.load(open(os.path.join(source, "config.json"))).get("model_type")
+        return fam, f"{source} is a {fam.name} checkpoint (model_type {model_type!r})"
+    adapter = os.path.join(source, "adapter_config.json")
+    if os.path.isfile(adapter):
+        info = os.path.join(source, "cogip_train.json")   # written beside a cogip SFT run's weights
+        if os.path.isfile(info) and json.load(open(info)).get("family") in FAMILIES:
+            fam = FAMILIES[json.load(open(info))["family"]]
+            return fam, f"{source} is an adapter of a {fam.name} model"
+        base = json.load(open(adapter)).get("base_model_name_or_path")
+        if base and (os.path.isdir(base) or not _looks_like_path(base)):
+            fam, _ = _family_of(base)
+            if fam is not None:
+                return fam, f"{source} is an adapter of {base}, a {fam.name} model"
+        return None, ""
+    if os.path.isdir(source):
+        raise CogipError("neither a checkpoint (config.json) nor a LoRA adapter (adapter_config.json)", file=source)
+    name = source.lower()   # a hub id: its name, where it names a family
+    named = [f for f in FAMILIES.values() if name == f.hub_id.lower() or f.name in name]
+    return (named[0], f"{source} is a {named[0].name} model") if len(named) == 1 else (None, "")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else the user meant as a folder."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """A model source that can be loaded, or one line saying why not, in seconds: a folder that is not
+    there; a hub id that is neither cached nor reachable (transformers would retry for minutes)."""
+    source = str(source)
+    if os.path.isdir(source):
+        return
+    if os.path.exists(source):
+        raise CogipError("not a folder (a model is a checkpoint or adapter folder, or a hub id)", file=source)
+    if _looks_like_path(source):
+        raise CogipError("no such folder", file=source)
+    import huggingface_hub as hub
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+    if any(isinstance(hub.try_to_load_from_cache(source, f), str) for f in ("config.json", "adapter_config.json")):
+        return
+    if hub.constants.HF_HUB_OFFLINE:
+        raise CogipError(f"{source} is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
+                         f"download it first (hf download {source}) or pass its folder")
+    try:
+        hub.get_hf_file_metadata(hub.hf_hub_url(source, "config.json"), timeout=5)
+    except EntryNotFoundError:   # e.g. an adapter repository: loading it says the rest
+        return
+    except GatedRepoError:
+        raise CogipError(f"{source} is gated on the Hugging Face hub: accept its licence there and log in "
+                         f"(hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise CogipError(f"{source}: no such model on the Hugging Face hub (or a private one: log in), and no "
+                         f"such local folder") from None
+    except Exception as e:   # no network, a proxy, the hub down: the transport's own error types vary
+        raise CogipError(f"cannot reach the Hugging Face hub for {source} ({type(e).__name__}): pass a local "
+                         f"folder, or download it where there is network; HF_HUB_OFFLINE=1 uses the cache "
+                         f"only") from None

@@ -2,8 +2,14 @@
 
 Each is saved as a normal checkpoint folder (config, safetensors, processor with tokenizer and
 chat template), so every script points `--model-id` at it exactly as at a hub id. The chat
-templates follow each family's real turn structure; the tokenizers split numbers as the real
-ones do (see tokenizers.py).
+templates render what the real ones render for an image + text user turn, BOS included.
+
+Two kinds of tokenizer:
+- the default: a small BPE learned from the project's prompts (fast), matching the real family on
+  what the code depends on: special tokens, BOS added by the post-processor (Llama, Gemma) or
+  none (Qwen), end-of-turn tokens, and number splitting (see tokenizers.py);
+- `real_tokenizers=DIR`: the family's real vocabulary (`cogip.models.real_tokenizers`), so the model
+  differs from the real one only in weights and sizes.
 """
 
 from __future__ import annotations
@@ -23,14 +29,14 @@ QWEN_TEMPLATE = (
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 LLAMA_TEMPLATE = (
-    "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
     "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
     "{% if c.type == 'image' %}<|image|>{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}"
     "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-GEMMA_TEMPLATE = (
-    "<bos>{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
-    "{% if m.content is string %}{{ m.content }}{% else %}{% for c in m.content %}"
-    "{% if c.type == 'image' %}<start_of_image>{% elif c.type == 'text' %}{{ c.text }}{% endif %}{% endfor %}{% endif %}"
+GEMMA_TEMPLATE = (   # Gemma 3's trims each text part
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+    "{% if m.content is string %}{{ m.content | trim }}{% else %}{% for c in m.content %}"
+    "{% if c.type == 'image' %}<start_of_image>{% elif c.type == 'text' %}{{ c.text | trim }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 SPECIAL = {
@@ -57,18 +63,23 @@ def _corpus() -> list[str]:
     return lines
 
 
-def _tokenizer(family: str):
+def _tokenizer(family: str, real_tokenizers: str | os.PathLike | None = None):
+    """The family's tokenizer with its real special-token roles; the vocabulary tiny or real."""
     from transformers import PreTrainedTokenizerFast
-    special = SPECIAL[family]
-    tok = train_bpe(_corpus(), special, digit_group=3 if family == "llama" else 1)
+    if real_tokenizers is not None:
+        from .real_tokenizers import load
+        tok = load(family, real_tokenizers)
+    else:
+        tok = train_bpe(_corpus(), SPECIAL[family], digit_group=3 if family == "llama" else 1,
+                        bos={"llama": "<|begin_of_text|>", "gemma": "<bos>"}.get(family))
     common = dict(tokenizer_object=tok, clean_up_tokenization_spaces=False)
-    if family == "qwen":
+    if family == "qwen":   # Qwen2.5-VL has no BOS token
         return PreTrainedTokenizerFast(**common, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                        extra_special_tokens={"image_token": "<|image_pad|>",
                                                              "video_token": "<|video_pad|>",
                                                              "vision_bos_token": "<|vision_start|>",
                                                              "vision_eos_token": "<|vision_end|>"})
-    if family == "llama":
+    if family == "llama":   # Llama-3.2-Vision-Instruct's roles
         return PreTrainedTokenizerFast(**common, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
                                        pad_token="<|finetune_right_pad_id|>",
                                        extra_special_tokens={"image_token": "<|image|>"})
@@ -141,13 +152,15 @@ def _gemma(tok, image_size: int):
 BUILDERS = {"qwen": (_qwen, 84), "llama": (_llama, 56), "gemma": (_gemma, 56)}
 
 
-def build_tiny(family: str, out: str | os.PathLike, seed: int = 0):
-    """Write a tiny random-weight checkpoint + processor of `family` to `out`; returns the path."""
+def build_tiny(family: str, out: str | os.PathLike, seed: int = 0,
+               real_tokenizers: str | os.PathLike | None = None):
+    """Write a tiny random-weight checkpoint + processor of `family` to `out`; returns the path. With
+    `real_tokenizers` (a folder `cogip.models.real_tokenizers.fetch` wrote), the family's real tokenizer."""
     import torch
     from transformers import GenerationConfig
     fam = get_family(family)
     builder, image_size = BUILDERS[fam.name]
-    tok = _tokenizer(fam.name)
+    tok = _tokenizer(fam.name, real_tokenizers)
     cfg, proc = builder(tok, image_size)
     torch.manual_seed(seed)
     model = fam.model_cls()(cfg)

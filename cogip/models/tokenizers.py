@@ -1,12 +1,15 @@
 """Offline byte-level BPE tokenizers that split numbers the way each real family does.
 
 The vocabulary is small and learned from the project's own prompt text; what mirrors the
-real family is what the soft-label loss and the scorer depend on:
-- Qwen2 / Qwen2.5: every digit is its own token (`\\p{N}` in the pre-tokenizer).
+real family is what the soft-label loss and the scorer depend on (tested against the real
+tokenizers, `cogip.models.real_tokenizers`):
+- Qwen2 / Qwen2.5: every digit is its own token (`\\p{N}` in the pre-tokenizer); no BOS.
 - Llama 3: digits are grouped left to right in runs of up to three (`\\p{N}{1,3}`), and every
-  1-, 2- and 3-digit string is one token, so `5.577` is `5`, `.`, `577`.
-- Gemma 3: every digit is its own token (SentencePiece with split digits).
-plus each family's special tokens.
+  1-, 2- and 3-digit string is one token, so `5.577` is `5`, `.`, `577` (a run in the vocabulary is
+  taken whole before any merge, as Llama 3's tiktoken-style BPE does); BOS added by the post-processor.
+- Gemma 3: every digit is its own token (SentencePiece with split digits); BOS added likewise.
+plus each family's special tokens. What they do not match: the vocabulary itself (ids, sizes,
+how words split), Gemma's SentencePiece `▁` spaces (byte-level `Ġ` here) and the normalisers.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 # The GPT-4-style split used by Qwen2 and Llama 3; they differ only in how digits are grouped.
 _SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}DIGITS"
@@ -28,7 +31,9 @@ def _pre_tokenizer(digit_group: int) -> pre_tokenizers.PreTokenizer:
 
 
 def train_bpe(corpus: Iterable[str], special_tokens: list[str], digit_group: int = 1,
-              vocab_size: int = 1200) -> Tokenizer:
+              vocab_size: int = 1200, bos: str | None = None) -> Tokenizer:
+    """`bos`: the token the post-processor puts before every encoded text (as the real Llama 3 and
+    Gemma 3 tokenizers do), or None (Qwen)."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = _pre_tokenizer(1)  # learn merges with digits isolated: number tokens are added below
     tok.decoder = decoders.ByteLevel()
@@ -37,7 +42,11 @@ def train_bpe(corpus: Iterable[str], special_tokens: list[str], digit_group: int
     tok.train_from_iterator(list(corpus), trainer)
     if digit_group > 1:
         tok = _add_digit_groups(tok, digit_group)
+        tok.model.ignore_merges = True   # "712" is one token, not "7" + a merged "12"
     tok.pre_tokenizer = _pre_tokenizer(digit_group)
+    if bos is not None:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     return tok
 
 

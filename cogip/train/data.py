@@ -48,8 +48,8 @@ class SFTCollator:
         answers = [r["answer"] + self.family.end_of_turn for r in rows]
         texts = [self.family.chat_prompt(self.processor, r["prompt"]) + a for r, a in zip(rows, answers)]
         self.tokenizer.padding_side = "right"
-        batch = self.processor(text=texts, images=self.family.images_arg(images), return_tensors="pt",
-                               padding=True, pad_to_multiple_of=self.pad_to_multiple_of)
+        batch = self.family.encode(self.processor, texts, images, return_tensors="pt", padding=True,
+                                   pad_to_multiple_of=self.pad_to_multiple_of)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         labels = torch.full_like(ids, -100)
         lengths = mask.sum(1).tolist()
