@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .data.bench import append_jsonl, load_json, write_json
 from .errors import CogipError, exit_code
-from .models.families import get_family
+from .models.families import resolve_family
 
 SWAP_CHECK_PROMPT = "A quiet lake at dawn, mist over the water."
 ENCODERS = ("default", "aligned")
@@ -51,7 +51,7 @@ def template_start(tokenizer, template: str) -> int:
 
 def load_encoder(encoder: str, base: str | None = None, dtype=torch.bfloat16):
     """(text encoder, tokenizer) from a full SFT checkpoint or an adapter folder (+ base)."""
-    fam = get_family("qwen")
+    fam = resolve_family(encoder, "qwen")   # a Qwen2.5-VL, there, before anything loads
     if os.path.isfile(os.path.join(encoder, "adapter_config.json")):
         from .train.merge import load_adapted, processor_source
         model, _ = load_adapted(encoder, base, fam, dtype=dtype)

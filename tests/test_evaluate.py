@@ -718,7 +718,7 @@ def _broken(synth_bench, tmp_path):
     ("missing_image", "Funniness/000020.jpg: item Funniness item 4: image not found"),
     ("lengths", "8 messages but 7 scores"),
     ("unknown_dim", "unknown dimension folder 'Beauty'"),
-    ("adapter", "adapter does not fit base model"),
+    ("adapter", "is an adapter of a llama model, not qwen"),
 ])
 def test_bad_input_one_line_nothing_written(trained, tiny_models, synth_bench, tmp_path, breakage, message):
     bench, model, env = _broken(synth_bench, tmp_path), trained["qwen"], {}

@@ -63,8 +63,9 @@ def test_finetune_save_reload_merge_generate(tiny_models, synth_bench, tmp_path,
     with torch.no_grad():
         a, m = adapted(**batch).logits, merged(**batch).logits
         base = fam.load_model(tiny_models[family])(**batch).logits
-    assert torch.allclose(a, m, atol=1e-4)            # merged == base + adapter
-    assert not torch.allclose(base, m, atol=1e-3)     # … and training changed the model
+    # merged == base + adapter, to float32 rounding of the folded weights (logits of magnitude ~4)
+    assert torch.allclose(a, m, atol=1e-3), (a - m).abs().max()
+    assert (base - m).abs().max() > 0.05     # … and training changed the model
     gen = merged.generate(**batch, max_new_tokens=8, do_sample=False)
     assert gen.shape[1] > batch["input_ids"].shape[1]
 
@@ -102,6 +103,11 @@ def test_resume_reaches_the_same_weights(tiny_models, synth_bench, tmp_path):
     a, b = _weights(tmp_path / "straight"), _weights(killed)
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # the resumed run reports its loss over all its steps, as the straight one does, not since the resume
+    losses = [json.loads((d / "cogip_train.json").read_text())["train_loss"] for d in (tmp_path / "straight", killed)]
+    steps = [e["loss"] for e in json.loads((killed / "log_history.json").read_text()) if "loss" in e]
+    assert len(steps) > 3 and losses[1] == pytest.approx(sum(steps) / len(steps), rel=1e-9)
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
 def test_full_finetune_and_param_group_lrs(tiny_models, synth_bench, tmp_path):

@@ -56,11 +56,15 @@ class BenchPaths:
     def grpo(self) -> Path:
         return self.root / "training_grpo.json"
 
+    @property
+    def test_dir(self) -> Path:
+        return self.root / "test_msg_file"
+
     def messages(self, dim: str) -> Path:
-        return self.root / "test_msg_file" / dim / f"{dim}_messages.json"
+        return self.test_dir / dim / f"{dim}_messages.json"
 
     def test_scores(self, dim: str) -> Path:
-        return self.root / "test_msg_file" / dim / f"{dim}_scores.json"
+        return self.test_dir / dim / f"{dim}_scores.json"
 
 
 # ---------------------------------------------------------------- low-level I/O
@@ -252,6 +256,23 @@ def read_test_messages(messages_path: str | os.PathLike, scores_path: str | os.P
         score, label = _reference(answer, d, sfile, i)
         items.append(BenchItem(str(i), d.name, image, strip_image_tag(text), answer.strip(), score, label))
     return items
+
+
+def test_dimension_folders(test_dir: str | os.PathLike) -> list[str]:
+    """The dimension folders of a test message folder, in the order it lists them; a missing or empty
+    folder, or a folder that names no dimension, is an error (never skipped)."""
+    test_dir = Path(test_dir)
+    if not test_dir.is_dir():
+        raise CogipError("test message folder not found", file=str(test_dir))
+    names = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    for name in names:
+        if name not in DIMENSION_NAMES:
+            raise CogipError(f"unknown dimension folder {name!r}; expected one of {', '.join(DIMENSION_NAMES)}",
+                             file=str(test_dir / name))
+    if not names:
+        raise CogipError(f"no dimension folders (expected <Dim>/<Dim>_messages.json for Dim in "
+                         f"{', '.join(DIMENSION_NAMES)})", file=str(test_dir))
+    return names
 
 
 def read_test_split(root: str | os.PathLike, dims: Iterable[str] | None = None) -> dict[str, list[BenchItem]]:

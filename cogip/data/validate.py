@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..dims import DIMENSION_NAMES
 from ..errors import CogipError
-from .bench import BenchPaths, read_score_list, read_test_messages, read_training_json
+from .bench import BenchPaths, read_score_list, read_test_messages, read_training_json, test_dimension_folders
 from .images import check_images
 
 
@@ -49,6 +49,8 @@ def validate_bench(root: str | os.PathLike, image_root: str | os.PathLike | None
                                 f"{ref:.3f} for {item.image}")
             to_check.setdefault(item.image, (images / item.image, f"{item.image} ({source} item {item.id})"))
 
+    if paths.test_dir.is_dir():   # an unknown folder there would stop the benchmark loop
+        attempt(test_dimension_folders, paths.test_dir)
     check_items(attempt(read_training_json, paths.training), paths.training, "train")
     check_items(attempt(read_training_json, paths.grpo, grpo=True), paths.grpo, "grpo")
     for dim in DIMENSION_NAMES:

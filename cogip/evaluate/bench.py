@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.bench import append_jsonl, read_test_messages, write_atomic, write_json
+from ..data.bench import append_jsonl, read_test_messages, test_dimension_folders, write_atomic, write_json
 from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError, end_process, exit_code
@@ -268,13 +268,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
     window = profile_window(profile_batches)
-    if not test_dir.is_dir():
-        raise CogipError("test message folder not found", file=str(test_dir))
-    names = dims or sorted(p.name for p in test_dir.iterdir() if p.is_dir())
-    for name in names:   # unknown dimension folders are an error, not skipped
-        if name not in DIMENSION_NAMES:
-            raise CogipError(f"unknown dimension folder {name!r}; expected one of {', '.join(DIMENSION_NAMES)}",
-                             file=str(test_dir / name))
+    names = list(dims) if dims else test_dimension_folders(test_dir)
     plan = {}
     for name in names:
         items = read_test_messages(test_dir / name / f"{name}_messages.json", test_dir / name / f"{name}_scores.json",

@@ -56,6 +56,7 @@ def run(argv: list[str] | None = None):
     from trl import GRPOConfig, GRPOTrainer
     margs, dargs, gargs = HfArgumentParser((ModelArguments, DataArguments, GRPOConfig)).parse_args_into_dataclasses(argv)
     family = resolve_family(margs.model_id, margs.family)
+    dataset = grpo_dataset(dargs.data_path, dargs.image_folder)   # every item and image, before the model
     set_seed(gargs.seed)
     processor = family.load_processor(margs.model_id)
     model = family.load_model(margs.model_id)
@@ -68,7 +69,7 @@ def run(argv: list[str] | None = None):
         target_modules=family.lora_target_modules)
     gargs.remove_unused_columns = False
     trainer = GRPOTrainer(model=model, reward_funcs=[cogip_reward], args=gargs,
-                          train_dataset=grpo_dataset(dargs.data_path, dargs.image_folder),
+                          train_dataset=dataset,
                           processing_class=processor, peft_config=peft_config)
     trainer.train(resume_from_checkpoint=gargs.resume_from_checkpoint)
     trainer.save_model(gargs.output_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..errors import CogipError, exit_code
-from ..models.families import Family, get_family, resolve_family
+from ..models.families import Family, resolve_family
 
 
 def adapter_base(adapter: str | Path) -> str:
@@ -55,7 +55,8 @@ def load_adapted(adapter: str | Path, base: str | None = None, family: Family | 
 
 
 def merge(adapter: str | Path, out: str | Path, base: str | None = None, family: str | None = None) -> Path:
-    fam = get_family(family) if family else None
+    fam = resolve_family(adapter, family)
+    resolve_family(base or adapter_base(adapter), fam.name)   # an adapter, and its base, before anything loads
     model, fam = load_adapted(adapter, base, fam)
     merged = model.merge_and_unload()
     out = Path(out)

@@ -29,6 +29,7 @@ from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, autocast_vision_no
                              parse_keep, parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing,
                              zero3_leaf_blocks, zero3_prefetch_blocks)
 from ..models.families import Family, resolve_family
+from ..data.bench import BenchItem
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
 
@@ -278,6 +279,10 @@ def _begin_timeline(family: Family, model):
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
     family = resolve_family(margs.model_id, margs.family)
+    if os.path.isfile(os.path.join(margs.model_id, "adapter_config.json")):
+        raise CogipError("a LoRA adapter, not a model to fine-tune: merge it first (sft/<family>/merge_lora.sh)",
+                         file=margs.model_id)
+    dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)   # every item and image, before the model
     one_gpu_per_process(targs)
     parse_part_blocks(margs.checkpoint_parts)   # a bad value fails here, before the model loads
     parse_keep(margs.checkpoint_keep)
@@ -307,17 +312,34 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)   # FSDP2 too gathers block by block
     graph_blocks(model, family, graphed,   # host-bound blocks as CUDA graphs (docs/benchmarks.md)
                  accumulate=targs.gradient_accumulation_steps > 1)
-    dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
                             soft=largs.soft_labels)
     targs.remove_unused_columns = False   # the collator needs the raw columns
     collator = SFTCollator(family, processor, pad_to_multiple_of=GRAPH_PAD_MULTIPLE if graphed else None)
+    if targs.process_index == 0:   # what the model will see, before any compute is spent on it
+        from ..inspect import training_row
+        first = dataset[0]
+        item = BenchItem("0", first["dimension"], first["image"], first["prompt"], first["answer"], first["score"], "")
+        print("cogip sft: first " + training_row(family, processor, item, ""), file=sys.stderr, flush=True)
     return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
                         processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
                         merger_lr=margs.merger_lr,
                         callbacks=[CheckpointParts(family, margs.checkpoint_parts, margs.checkpoint_keep), *(callbacks or [])])
+
+
+def run_loss(log_history: list[dict]) -> float:
+    """The mean training loss over every step of the run, a resumed one included (its log history comes
+    back with the checkpoint): each logged loss, the mean since the previous log, weighted by its steps.
+    Trainer's own `training_loss` covers only the steps since the resume."""
+    total = steps = 0.0
+    last = 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            n = entry["step"] - last
+            total, steps, last = total + entry["loss"] * n, steps + n, entry["step"]
+    return total / steps if steps else float("nan")
 
 
 def require_transformers() -> None:
@@ -340,11 +362,12 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     if pargs.timeline_step:
         trainer.add_callback(RecordStep(pargs.timeline_step, targs.output_dir, "timeline_rank{rank}.json",
                                         partial(_begin_timeline, trainer.family)))
-    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
+    loss = run_loss(trainer.state.log_history)
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     print(f"cogip sft: rank {args.process_index}/{args.world_size} on {args.device}: "
-          f"{trainer.state.global_step} steps, train loss {result.training_loss:.4f}"
+          f"{trainer.state.global_step} steps, train loss {loss:.4f} (whole run)"
           + (f", median step {speed['median_step_s']:.3f} s = {speed['samples_per_s']:.2f} samples/s" if speed else ""),
           flush=True)
     if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
@@ -357,7 +380,8 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
                 "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
-                "world_size": args.world_size, "ranks_agree": agree, "kernels": kernels, "throughput": speed}
+                "world_size": args.world_size, "ranks_agree": agree, "kernels": kernels, "throughput": speed,
+                "train_loss": loss}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))
         Path(targs.output_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     return trainer
