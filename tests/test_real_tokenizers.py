@@ -207,3 +207,27 @@ def test_training_row_logged_before_training_is_the_collators(real_models, synth
     assert "cogip sft: first training row" in err
     assert f"supervised: '{first.answer}<end_of_turn>'" in err
     assert "input:      '<bos><start_of_turn>user\\n" in err and "<image_soft_token>×" in err
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_launchers_on_models_with_real_tokenizers(real_models, synth_bench, tmp_path, family):
+    """finetune_lora.sh then cog_test.sh (expected mode) on the adapter, as a user would."""
+    import subprocess
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, MODEL_ID=str(real_models[family]), DATA_PATH=str(synth_bench / "cognition_training.json"),
+               IMAGE_FOLDER=str(synth_bench / "cognition/cognition_images"), OUTPUT_DIR=str(tmp_path / "sft"),
+               NUM_GPUS="0", GLOBAL_BATCH="4", PER_DEVICE_BATCH="4", REPORT_TO="none", MIN_PIXELS="7056",
+               MAX_PIXELS="7056")
+    sft = subprocess.run(["bash", root / "sft" / family / "finetune_lora.sh", "--max_steps", "2", "--lora_r", "8"],
+                         env=env, capture_output=True, text=True)
+    assert sft.returncode == 0, sft.stderr[-3000:]
+    first = read_training_json(synth_bench / "cognition_training.json")[0]
+    assert f"supervised: '{first.answer}{END_OF_TURN[family]}'" in sft.stderr
+    env.update(MODEL_ID=str(tmp_path / "sft"), TEST_DIR=str(synth_bench / "test_msg_file"),
+               IMAGE_ROOT=str(synth_bench / "cognition/cognition_images"), OUT=str(tmp_path / "eval"), SAMPLE_N="3",
+               MODE="expected", BATCH_SIZE="4")
+    ev = subprocess.run(["bash", root / "evaluation" / family / "cog_test.sh"], env=env, capture_output=True, text=True)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert sorted(summary) == sorted(PUBLISHED_ANSWERS) and all(m["n"] == 3 for m in summary.values())
