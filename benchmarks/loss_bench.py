@@ -59,15 +59,14 @@ def published(hidden_states, weight, labels, loss_fn, eta=0.15, lam=2.0):
 
 def published_from_logits(logits, labels, loss_fn, eta=0.15, lam=2.0):
     """The published algorithm: full-vocabulary log-softmax in the model dtype over every position, then a
-    Python loop over supervised tokens; each digit gets a triangular soft target over the 10 digit tokens,
-    weighted 10^position and normalised by the weights' sum."""
+    Python loop over supervised tokens; each digit gets the published soft target over the 10 digit tokens
+    (ψ ∝ max_j|j-c| - |k-c|: the published place weight 10^p cancels in its normalisation)."""
     logp = torch.log_softmax(logits, dim=-1)                        # model dtype, [B, T, V]
     digit_ids = loss_fn.ids1
-    psi = proximity(10, 1, "triangular", 2.0).to(logp.device, logp.dtype)
+    psi = proximity(10, 1, "published").to(logp.device, logp.dtype)
     total, count = 0.0, 0
     for b in range(labels.shape[0]):
         positions = (labels[b, 1:] != -100).nonzero().flatten().tolist()
-        digit_terms, weights = [], []
         for p in positions:
             t = int(labels[b, p + 1])
             row = logp[b, p]
@@ -76,14 +75,10 @@ def published_from_logits(logits, labels, loss_fn, eta=0.15, lam=2.0):
                 q = torch.zeros_like(row)
                 q[t] += 1 - eta
                 q[digit_ids] += eta * psi[v]
-                digit_terms.append(-(q * row).sum())
-                weights.append(10.0 ** -len(weights))
+                total = total - lam * (q * row).sum()
             else:
                 total = total - row[t]
             count += 1
-        if digit_terms:
-            w = torch.tensor(weights, device=logp.device, dtype=logp.dtype)
-            total = total + lam * (torch.stack(digit_terms) * w).sum() / w.sum() * len(digit_terms)
     return total / count
 
 

@@ -2,24 +2,26 @@
 
 Over the supervised answer tokens (N of them):
 - a regular token t gets cross-entropy  -log p(t);
-- a number token with value v gets  -Σ_j q_j log p(j)  with  q = (1-η)·onehot(v) + η·ψ_v,
-  where j runs over the number tokens of the same digit count and ψ_v is a proximity
-  distribution over their values;
+- a digit token with true digit c gets  -Σ_k q_k log p(k)  with  q = (1-η)·onehot(c) + η·ψ_c,
+  where k runs over the ten digit tokens and ψ_c is a proximity distribution over their values;
 - total = (Σ regular + λ Σ numeric) / N.
 
-Number tokens are whatever the tokenizer has: single digits for Qwen2 and Gemma 3, and the
-1-, 2- and 3-digit tokens of Llama 3 (`577` is one token: its soft target spreads over all
-1000 three-digit tokens). Distance between two k-digit values is measured in units of their
-leading digit, 10^(k-1), so 577 vs 677 is as far apart as 5 vs 6.
+The default is the published loss exactly: the kernel `published`, ψ_c(k) ∝ max_j|j−c| − |k−c| over
+k = 0…9 (for c = 5: [0, 1, 2, 3, 4, 5, 4, 3, 2, 1] / 25; the published code's place weight 10^p
+multiplies every distance and cancels in the normalisation), and only single-digit tokens are
+digit tokens: Llama 3's multi-digit tokens (`577`) get plain cross-entropy, as they do there. The
+published code calls this kernel "triangular" (accepted as an alias).
 
-ψ kernels (rows normalised to 1): `triangular` (as published) ∝ max(0, 1 - d/w) with half-width
-w (default 2: the true value weighs twice each neighbour); `gaussian` ∝ exp(-d²/2w²); `uniform`.
+Options, each named for what it is:
+- `narrow-triangle`: ∝ max(0, 1 − |k−c|/w), half-width w (`width`, default 2: the true digit weighs
+  twice each neighbour and nothing further out gets mass);
+- `gaussian`: ∝ exp(−|k−c|²/2w²);  `uniform`: 1/10 (the published code's "uniform" too);
+- `multidigit=True`: soft labels on multi-digit tokens too, over all 10^k tokens of the same digit
+  count, distances in units of their leading digit (577 vs 677 as far apart as 5 vs 6).
 
-Deviations from the published loss: the published code weighs each digit position by 10^p before
-normalising by the sum of those weights — a common factor per answer that the normalisation
-cancels, so it is left out; it also computes a full-vocabulary log-softmax over every position in
-the model dtype, here only supervised positions are projected (fp32 log-softmax), and it gives
-multi-digit tokens no soft label at all, here they get one.
+One difference from the published code that changes no value beyond rounding: it takes a full-
+vocabulary log-softmax at every position in the model's dtype; here only supervised positions are
+projected, in float32.
 """
 
 from __future__ import annotations
@@ -29,21 +31,31 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KERNELS = ("triangular", "gaussian", "uniform")
+KERNELS = ("published", "narrow-triangle", "gaussian", "uniform")
+ALIASES = {"triangular": "published"}   # the published code's name for its kernel
 
 
-def proximity(values: int, scale: float, kernel: str = "triangular", width: float = 2.0) -> torch.Tensor:
+def kernel_name(kernel: str) -> str:
+    name = ALIASES.get(kernel, kernel)
+    if name not in KERNELS:
+        raise ValueError(f"unknown soft-label kernel {kernel!r}; expected one of {', '.join(KERNELS)} "
+                         f"(or 'triangular', the published code's name for 'published')")
+    return name
+
+
+def proximity(values: int, scale: float, kernel: str = "published", width: float = 2.0) -> torch.Tensor:
     """ψ as a [values, values] matrix: row v is the soft target around value v."""
+    kernel = kernel_name(kernel)
     v = torch.arange(values, dtype=torch.float64)
     d = (v[:, None] - v[None, :]).abs() / scale
-    if kernel == "triangular":
+    if kernel == "published":
+        w = d.amax(1, keepdim=True) - d
+    elif kernel == "narrow-triangle":
         w = (1 - d / width).clamp(min=0)
     elif kernel == "gaussian":
         w = torch.exp(-0.5 * (d / width) ** 2)
     elif kernel == "uniform":
         w = torch.ones_like(d)
-    else:
-        raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
     return (w / w.sum(1, keepdim=True)).float()
 
 
@@ -71,14 +83,16 @@ class NumberTokens:
 
 
 class SoftLabelLoss(torch.nn.Module):
-    def __init__(self, numbers: NumberTokens, eta: float = 0.15, lam: float = 2.0, kernel: str = "triangular",
-                 width: float = 2.0, soft: bool = True):
+    def __init__(self, numbers: NumberTokens, eta: float = 0.15, lam: float = 2.0, kernel: str = "published",
+                 width: float = 2.0, soft: bool = True, multidigit: bool = False):
         super().__init__()
         self.eta, self.lam, self.soft = eta, lam, soft
-        self.register_buffer("length", numbers.length, persistent=False)
+        classes = {k: ids for k, ids in numbers.classes.items() if multidigit or k == 1}
+        length = numbers.length if multidigit else torch.where(numbers.length == 1, 1, 0)
+        self.register_buffer("length", length, persistent=False)
         self.register_buffer("value", numbers.value, persistent=False)
-        self.digit_counts = sorted(numbers.classes)
-        for k, ids in numbers.classes.items():
+        self.digit_counts = sorted(classes)
+        for k, ids in classes.items():
             self.register_buffer(f"ids{k}", ids, persistent=False)
             self.register_buffer(f"psi{k}", proximity(10 ** k, 10 ** (k - 1), kernel, width), persistent=False)
 

@@ -8,6 +8,7 @@
 #   LAUNCHER (deepspeed|torchrun|python)  MASTER_PORT (29500; another for a second run on the same host)
 #   FSDP_CONFIG (instead of DeepSpeed: PyTorch FSDP2 via accelerate, e.g. sft/fsdp/fsdp2.json; torchrun)
 #   TUNE_MODE (lora|full)  LR  VISION_LR  MERGER_LR  EPOCHS  SOFT_LABELS  SOFT_ETA  SOFT_LAMBDA  ADAM_BETA2
+#   SOFT_KERNEL (published | narrow-triangle | gaussian | uniform)  SOFT_MULTIDIGIT (False; cogip/loss.py)
 #   GPU only: GRADIENT_CHECKPOINTING (True)  CHECKPOINT_PARTS (family default: where recomputing pays; e.g.
 #                          vision=24: only the first 24 vision blocks, the rest keep their activations;
 #                          vision=9+31: the first 9 whole, the next 31 only their MLP)
@@ -64,7 +65,7 @@ args=(
   --num_train_epochs "${EPOCHS:-1}" --per_device_train_batch_size "$PER_DEVICE_BATCH"
   --gradient_accumulation_steps "$GRAD_ACCUM" --activation_checkpointing_kwargs '{"use_reentrant": false}'
   --soft_labels "${SOFT_LABELS:-True}" --soft_eta "${SOFT_ETA:-$DEFAULT_SOFT_ETA}" --soft_lambda "${SOFT_LAMBDA:-2.0}"
-  --soft_kernel triangular
+  --soft_kernel "${SOFT_KERNEL:-published}" --soft_multidigit "${SOFT_MULTIDIGIT:-False}"
   --logging_steps 1 --save_strategy steps --save_steps "${SAVE_STEPS:-100}" --save_total_limit 3
   --report_to "${REPORT_TO:-tensorboard}" --seed "${SEED:-42}"
   "${device_args[@]}" "${FAMILY_ARGS[@]}" "$@"

@@ -35,3 +35,21 @@ def test_quick_demo_report_matches_metrics(tmp_path):
     history = json.loads((out / "sft/qwen/log_history.json").read_text())
     assert any("loss_numeric" in h for h in history)
     assert re.search(r"^\| total \| \d+ \|$", report, re.M)
+
+
+def test_quick_ablation_tables_each_option_against_the_published_loss(tmp_path):
+    out = tmp_path / "ablation"
+    run = subprocess.run([sys.executable, "-m", "cogip.demo", "--ablation", "--quick", "--seeds", "1", "2",
+                          "--variants", "uniform", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    rho = json.loads((out / "ablation.json").read_text())
+    assert sorted(rho) == ["published-1", "published-2", "uniform-1", "uniform-2"]
+    # each run trained with its own loss: the launcher's flags reached the trainer
+    kernels = {tag: json.loads((out / "sft" / tag / "cogip_train.json").read_text())["loss"]["soft_kernel"]
+               for tag in rho}
+    assert kernels == {"published-1": "published", "published-2": "published", "uniform-1": "uniform",
+                       "uniform-2": "uniform"}
+    table = (out / "ablation.md").read_text()
+    diff = lambda d, s: (rho[f"uniform-{s}"][d] or 0) - (rho[f"published-{s}"][d] or 0)
+    for d in ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability"):
+        assert f"({(diff(d, 1) + diff(d, 2)) / 2:+.3f} [" in table.split("| uniform |")[1].split("\n")[0]

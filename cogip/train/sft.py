@@ -22,7 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .. import TRANSFORMERS_FLOOR
 from ..errors import CogipError, exit_code, require
-from ..loss import KERNELS, NumberTokens, SoftLabelLoss
+from ..loss import KERNELS, NumberTokens, SoftLabelLoss, kernel_name
 from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
 from ..models.vision_matmuls import use_fast_vision_matmuls
 from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, autocast_vision_norms, fsdp_wrap_blocks, graph_blocks,
@@ -83,8 +83,12 @@ class LossArguments:
     soft_labels: bool = field(default=True, metadata={"help": "off: plain cross-entropy (ablation)"})
     soft_eta: float = 0.15
     soft_lambda: float = 2.0
-    soft_kernel: str = field(default="triangular", metadata={"help": "|".join(KERNELS)})
-    soft_width: float = 2.0
+    soft_kernel: str = field(default="published", metadata={
+        "help": f"ψ over the digit values: {' | '.join(KERNELS)} (published: ∝ max_j|j-c| - |k-c|, the published "
+                f"loss; 'triangular', the published code's name for it, is accepted; cogip.loss)"})
+    soft_width: float = field(default=2.0, metadata={"help": "narrow-triangle's half-width, gaussian's sigma"})
+    soft_multidigit: bool = field(default=False, metadata={
+        "help": "soft labels on multi-digit tokens too (Llama 3's '577'); off as published: plain cross-entropy"})
 
 
 @dataclass
@@ -278,6 +282,10 @@ def _begin_timeline(family: Family, model):
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
+    try:
+        kernel_name(largs.soft_kernel)
+    except ValueError as e:
+        raise CogipError(f"--soft_kernel: {e}") from None
     family = resolve_family(margs.model_id, margs.family)
     if os.path.isfile(os.path.join(margs.model_id, "adapter_config.json")):
         raise CogipError("a LoRA adapter, not a model to fine-tune: merge it first (sft/<family>/merge_lora.sh)",
@@ -315,7 +323,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
-                            soft=largs.soft_labels)
+                            soft=largs.soft_labels, multidigit=largs.soft_multidigit)
     targs.remove_unused_columns = False   # the collator needs the raw columns
     collator = SFTCollator(family, processor, pad_to_multiple_of=GRAPH_PAD_MULTIPLE if graphed else None)
     if targs.process_index == 0:   # what the model will see, before any compute is spent on it
