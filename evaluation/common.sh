@@ -1,7 +1,8 @@
 # Shared body of evaluation/<family>/cog_test.sh (sourced). Environment overrides:
 #   MODEL_ID (full checkpoint or LoRA adapter folder)  BASE_MODEL (an adapter's base)  FAMILY
 #   TEST_DIR (data/test_msg_file)  IMAGE_ROOT (data/cognition/cognition_images)  OUT
-#   SAMPLE_N (120 as published; 0 = all)  SEED (19)  BATCH_SIZE (8)  MODE (generate|expected)
+#   SAMPLE_N (120 as published; 0 = all)  SEED (19)  SAMPLING (published | per-dimension)
+#   INDICES_FROM (a folder of sample_indices_<Dim>.json: score exactly those items)  BATCH_SIZE (8)  MODE (generate|expected)
 #   NUM_GPUS (auto; >1 runs data-parallel through accelerate)  DTYPE (bfloat16 on GPU)
 #   TORCHINDUCTOR_CACHE_DIR (with --compile; ${XDG_CACHE_HOME:-~/.cache}/cogip/torchinductor)
 #   Speed options go as extra arguments: --compile, --pipeline N, --num-workers N
@@ -13,9 +14,10 @@ SAMPLE_N=${SAMPLE_N:-120}
 args=(--model-id "$MODEL_ID" --family "$FAMILY"
       --test-dir "${TEST_DIR:-$ROOT/data/test_msg_file}" --image-root "${IMAGE_ROOT:-$ROOT/data/cognition/cognition_images}"
       --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(basename "$MODEL_ID")-${MODE:-generate}}"
-      --seed "${SEED:-19}" --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
+      --seed "${SEED:-19}" --sampling "${SAMPLING:-published}" --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
       --dtype "${DTYPE:-$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)}")
 [ -n "${BASE_MODEL:-}" ] && args+=(--base-model "$BASE_MODEL")
+[ -n "${INDICES_FROM:-}" ] && args+=(--indices-from "$INDICES_FROM")
 (( SAMPLE_N > 0 )) && args+=(--sample-n "$SAMPLE_N")
 args+=("${FAMILY_ARGS[@]}" "$@")
 # With --compile: inductor's cache in the user's cache folder, on a cluster usually shared by its nodes; torch's

@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from scipy.stats import spearmanr
 from cogip.data.bench import read_test_messages
 from cogip.data.images import open_image
 from cogip.dims import get_dimension
-from cogip.evaluate.bench import read_records, run_benchmark, sample_indices
+from cogip.evaluate.bench import plan_samples, read_records, read_sample_indices, run_benchmark, sample_indices
 from cogip.evaluate.scorer import Scorer, ScorerLoading
 from cogip.train.sft import run as train
 
@@ -137,8 +138,15 @@ def test_published_messages_with_synthetic_images(trained, published, published_
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {d: m["n"] for d, m in summary.items()} == dict.fromkeys(
         ["Aesthetics", "Emotional_Valence", "Funniness", "Memorability"], 5)
+    # the published draw: one stream seeded 19, the dimensions in the order the folder lists them
+    stream, expected = random.Random(19), {}
+    for dim in [d for d in os.listdir(published / "test_msg_file") if (published / "test_msg_file" / d).is_dir()]:
+        n = len(json.loads((published / "test_msg_file" / dim / f"{dim}_scores.json").read_text()))
+        expected[dim] = sorted(stream.sample(range(n), 5)) if n > 5 else list(range(n))
+    for dim, idx in expected.items():
+        assert json.loads((tmp_path / "out" / f"sample_indices_{dim}.json").read_text()) == idx
     indices = json.loads((tmp_path / "out" / "Funniness" / "sample.json").read_text())
-    assert indices == sample_indices(199, 5, 19, "Funniness")
+    assert indices == expected["Funniness"]
     rec = read_records(tmp_path / "out" / "Funniness")[indices[0]]
     assert rec["image"] == f"Funniness/{800 + indices[0]:06d}.jpg" and "Funniness" in rec["prompt"]
 
@@ -164,6 +172,45 @@ def test_sampling_is_reproducible_and_independent():
     assert a != sample_indices(700, 120, 19, "Emotional_Valence")
     assert sample_indices(120, 120, 19, "Aesthetics") == list(range(120))
     assert sample_indices(50, None, 19, "Aesthetics") == list(range(50))
+
+
+def test_published_sampler_draws_the_published_subsets(published):
+    """The published loop: random.seed(19) once, then per dimension in order sorted(random.sample(range(N), 120)),
+    no draw where N <= 120 (Aesthetics has 120 test items)."""
+    order = ["Funniness", "Aesthetics", "Memorability", "Emotional_Valence"]
+    counts = {d: len(json.loads((published / "test_msg_file" / d / f"{d}_scores.json").read_text())) for d in order}
+    assert counts == {"Funniness": 199, "Aesthetics": 120, "Memorability": 700, "Emotional_Valence": 700}
+    random.seed(19)
+    expected = {d: sorted(random.sample(range(n), 120)) if 120 < n else list(range(n)) for d, n in counts.items()}
+    plan = plan_samples(counts, 120, 19)
+    assert plan == expected and all(len(v) == 120 for v in plan.values())
+    # one stream: another order draws other items for the dimensions after the first
+    other = plan_samples(dict(reversed(counts.items())), 120, 19)
+    assert other["Funniness"] != plan["Funniness"] and other["Emotional_Valence"] != plan["Emotional_Valence"]
+    assert plan_samples(counts, 120, 19, "per-dimension")["Memorability"] == sample_indices(700, 120, 19, "Memorability")
+
+
+def test_indices_from_an_earlier_run(tmp_path, capsys):
+    (tmp_path / "sample_indices_Funniness.json").write_text("[3, 1, 7]")
+    given = read_sample_indices(tmp_path, ["Funniness", "Aesthetics"])
+    assert "every Aesthetics item is scored" in capsys.readouterr().err   # published: no file where no draw
+    plan = plan_samples({"Funniness": 10, "Aesthetics": 4}, 2, 19, given=given)
+    assert plan == {"Funniness": [1, 3, 7], "Aesthetics": [0, 1, 2, 3]}
+    from cogip.errors import CogipError
+    with pytest.raises(CogipError, match="index 12 is not one of the 10 items of Funniness"):
+        plan_samples({"Funniness": 10}, None, 19, given={"Funniness": [12]})
+
+
+def test_cog_test_scores_the_items_of_an_earlier_run(trained, synth_bench, tmp_path):
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "sample_indices_Funniness.json").write_text("[0, 2]")   # the published loop's file
+    run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / "out", INDICES_FROM=earlier, SAMPLE_N=3)
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert {d: m["n"] for d, m in summary.items()} == {"Aesthetics": 8, "Emotional_Valence": 8, "Funniness": 2,
+                                                       "Memorability": 8}
+    assert json.loads((tmp_path / "out" / "sample_indices_Funniness.json").read_text()) == [0, 2]
 
 
 class Interrupting:

@@ -258,13 +258,15 @@ def read_test_messages(messages_path: str | os.PathLike, scores_path: str | os.P
     return items
 
 
-def test_dimension_folders(test_dir: str | os.PathLike) -> list[str]:
-    """The dimension folders of a test message folder, in the order it lists them; a missing or empty
-    folder, or a folder that names no dimension, is an error (never skipped)."""
+def test_dimension_folders(test_dir: str | os.PathLike, listed_order: bool = False) -> list[str]:
+    """The dimension folders of a test message folder, sorted (or in the order the file system lists
+    them, as `os.listdir` does); a missing or empty folder, or a folder that names no dimension, is an
+    error (never skipped)."""
     test_dir = Path(test_dir)
     if not test_dir.is_dir():
         raise CogipError("test message folder not found", file=str(test_dir))
-    names = sorted(p.name for p in test_dir.iterdir() if p.is_dir())
+    names = [n for n in os.listdir(test_dir) if (test_dir / n).is_dir()]
+    names = names if listed_order else sorted(names)
     for name in names:
         if name not in DIMENSION_NAMES:
             raise CogipError(f"unknown dimension folder {name!r}; expected one of {', '.join(DIMENSION_NAMES)}",

@@ -39,7 +39,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from ..data.bench import append_jsonl, read_test_messages, test_dimension_folders, write_atomic, write_json
+from ..data.bench import (append_jsonl, load_json, read_test_messages, test_dimension_folders, write_atomic,
+                          write_json)
 from ..data.images import check_images, open_image
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError, end_process, exit_code
@@ -49,10 +50,62 @@ from ..profiling import GCPauses, process_age
 PUBLISHED_SEED = 19
 
 
+SAMPLINGS = ("published", "per-dimension")
+
+
 def sample_indices(n_items: int, sample_n: int | None, seed: int, dimension: str) -> list[int]:
+    """`per-dimension` sampling: each dimension's own stream, seeded by (seed, dimension), so a dimension's
+    items do not depend on which other dimensions run or in what order."""
     if not sample_n or sample_n >= n_items:
         return list(range(n_items))
     return sorted(random.Random(f"{seed}/{dimension}").sample(range(n_items), sample_n))
+
+
+def plan_samples(counts: dict[str, int], sample_n: int | None, seed: int, sampling: str = "published",
+                 given: dict[str, list[int]] | None = None) -> dict[str, list[int]]:
+    """The items to score per dimension (`counts`: items per dimension, in the order they run).
+
+    published: the published loop's draw, exactly: Python's `random` seeded once, then dimension by
+    dimension `sorted(random.sample(range(N), n))` from that one stream, and all items (no draw) where
+    N <= n. per-dimension: `sample_indices`. `given` (from --indices-from) overrides both."""
+    if sampling not in SAMPLINGS:
+        raise CogipError(f"--sampling {sampling!r}: expected one of {', '.join(SAMPLINGS)}")
+    stream = random.Random(seed)
+    plan = {}
+    for name, n in counts.items():
+        if given is not None:   # an earlier run's items; a dimension it drew none for, whole
+            bad = [i for i in given.get(name, []) if not (isinstance(i, int) and 0 <= i < n)]
+            if bad:
+                raise CogipError(f"index {bad[0]!r} is not one of the {n} items of {name}")
+            plan[name] = sorted(set(given[name])) if name in given else list(range(n))
+        elif sampling == "per-dimension":
+            plan[name] = sample_indices(n, sample_n, seed, name)
+        elif sample_n and sample_n < n:
+            plan[name] = sorted(stream.sample(range(n), sample_n))
+        else:
+            plan[name] = list(range(n))
+    return plan
+
+
+def read_sample_indices(folder: str | os.PathLike, dims: list[str]) -> dict[str, list[int]]:
+    """`sample_indices_<Dim>.json` of an earlier run (the published loop's or ours): the items to score again.
+    A dimension without one is scored whole, as the published loop wrote none where it drew none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CogipError("no such folder (--indices-from)", file=str(folder))
+    found = {}
+    for name in dims:
+        f = folder / f"sample_indices_{name}.json"
+        if f.is_file():
+            found[name] = load_json(f)
+            if not isinstance(found[name], list):
+                raise CogipError("expected a JSON list of item indices", file=str(f))
+        else:
+            print(f"cogip evaluate: {folder} has no sample_indices_{name}.json: every {name} item is scored",
+                  file=sys.stderr)
+    if not found:
+        raise CogipError("no sample_indices_<Dim>.json here (--indices-from)", file=str(folder))
+    return found
 
 
 def read_records(folder: Path) -> dict[int, dict]:
@@ -260,7 +313,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
                   dims: list[str] | None = None, sample_n: int | None = None, seed: int = PUBLISHED_SEED,
                   batch_size: int = 8, mode: str = "generate", accelerator=None, run_info: dict | None = None,
                   num_workers: int = 0, pipeline: int = 1, profile_batches: int | str = 0, prefetch: int = 2,
-                  pin_memory: bool | None = None) -> dict:
+                  pin_memory: bool | None = None, sampling: str = "published", indices_from: str | None = None) -> dict:
     """`scorer`: a Scorer, or a ScorerLoading, whose model then loads while the loader prepares the first
     batches (the clock starts once it has loaded, on every rank)."""
     test_dir, image_root, out = Path(test_dir), Path(image_root), Path(out)
@@ -268,15 +321,17 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
     world = accelerator.num_processes if accelerator else 1
     is_main = rank == 0
     window = profile_window(profile_batches)
-    names = list(dims) if dims else test_dimension_folders(test_dir)
-    plan = {}
-    for name in names:
-        items = read_test_messages(test_dir / name / f"{name}_messages.json", test_dir / name / f"{name}_scores.json",
-                                   name)
-        plan[name] = (items, sample_indices(len(items), sample_n, seed, name))
+    # the published loop runs the dimensions in the order the folder lists them: its draw depends on it
+    names = list(dims) if dims else test_dimension_folders(test_dir, listed_order=sampling == "published")
+    read = {name: read_test_messages(test_dir / name / f"{name}_messages.json",
+                                     test_dir / name / f"{name}_scores.json", name) for name in names}
+    given = read_sample_indices(indices_from, names) if indices_from else None
+    chosen = plan_samples({name: len(items) for name, items in read.items()}, sample_n, seed, sampling, given)
+    plan = {name: (read[name], chosen[name]) for name in names}
     pairs = [(image_root / items[i].image, f"{name} item {i}") for name, (items, idx) in plan.items() for i in idx]
 
-    info = {"mode": mode, "seed": seed, "sample_n": sample_n, **(run_info or {})}
+    info = {"mode": mode, "seed": seed, "sample_n": sample_n, "sampling": "given" if given else sampling,
+            **(run_info or {})}
     todo = {}
     for name, (items, indices) in plan.items():
         run_file = out / name / "run.json"
@@ -370,6 +425,7 @@ def run_benchmark(scorer, test_dir: str | os.PathLike, image_root: str | os.Path
             if is_main:
                 write_json(out / name / "run.json", {**info, "indices": indices})
                 write_json(out / name / "sample.json", indices)
+                write_json(out / f"sample_indices_{name}.json", indices)   # the published loop's file
 
     # (seconds, items taken) as the loop takes each prepared batch: it takes one as soon as an answering
     # thread is free, so a batch taken later than that means the loader was behind
@@ -498,6 +554,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dims", nargs="+", choices=DIMENSION_NAMES, help="subset of dimensions (default: all found)")
     p.add_argument("--sample-n", type=int, help="items per dimension (published: 120); default all")
     p.add_argument("--seed", type=int, default=PUBLISHED_SEED)
+    p.add_argument("--sampling", choices=SAMPLINGS, default="published",
+                   help="how --sample-n items are drawn: published (default: the published loop's one stream, "
+                        "dimensions in the folder's order or --dims's, the same items as a published run) or "
+                        "per-dimension (a stream per dimension: its items independent of the others)")
+    p.add_argument("--indices-from", metavar="DIR", help="score exactly the items of an earlier run (published or "
+                   "ours): DIR/sample_indices_<Dim>.json")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--mode", choices=("generate", "expected"), default="generate")
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -552,7 +614,8 @@ def _evaluate(a) -> None:
                       run_info={"model_id": a.model_id, "base_model": a.base_model},
                       num_workers=a.num_workers if a.num_workers is not None else (8 if torch.cuda.is_available() else 0),
                       pipeline=a.pipeline if a.pipeline is not None else (2 if torch.cuda.is_available() else 1),
-                      profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory)
+                      profile_batches=a.profile_batches, prefetch=a.prefetch, pin_memory=a.pin_memory,
+                      sampling=a.sampling, indices_from=a.indices_from)
         finished = True
     finally:
         if state.num_processes > 1:
