@@ -489,3 +489,29 @@ def test_bf16_without_deepspeed_trains_fp32_master_weights(tiny_models, synth_be
         assert moved > 0.95 and 1e-6 < deltas.abs().max().item() < 4e-6
     else:   # only weights within a few hundred steps of zero, where bf16 resolves 2e-6
         assert moved < 0.1
+
+
+@pytest.mark.parametrize("options, trained", [
+    (["--train_merger", "False"], {"language-lora", "vision"}),                       # published --freeze_merger
+    (["--train_vision", "False", "--train_merger", "False"], {"language-lora"}),      # the LLM through LoRA only
+    (["--tune_mode", "frozen-llm"], {"vision", "projector"}),                          # vision + merger only
+    (["--use_dora", "True"], {"language-lora", "language-dora", "vision", "projector"}),   # DoRA
+])
+def test_what_trains_under_each_tuning_option(tiny_models, synth_bench, tmp_path, options, trained):
+    fam = FAMILIES["qwen"]
+    trainer = run(_args(tiny_models["qwen"], synth_bench, tmp_path / "o", "--max_steps", "1", "--learning_rate",
+                        "1e-2", "--vision_lr", "1e-2", "--merger_lr", "1e-2", "--save_strategy", "no", *options))
+    groups = set()
+    for name, p in trainer.model.named_parameters():
+        if p.requires_grad:
+            kind = fam.param_group(name)
+            groups.add(f"{kind}-dora" if "lora_magnitude" in name else f"{kind}-lora" if "lora_" in name else kind)
+    assert groups == trained
+    from safetensors.torch import load_file
+    before = load_file(tiny_models["qwen"] / "model.safetensors")
+    saved = (tmp_path / "o/model.safetensors") if "frozen-llm" in options else (tmp_path / "o/adapter_model.safetensors")
+    assert saved.is_file()
+    if "frozen-llm" in options:   # a whole checkpoint: the language model exactly as it was
+        after = load_file(saved)
+        assert all(torch.equal(before[k], after[k]) for k in before if fam.param_group(k) == "language")
+        assert any(not torch.equal(before[k], after[k]) for k in before if fam.param_group(k) == "vision")

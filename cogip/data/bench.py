@@ -197,8 +197,9 @@ def _conversation(entry: Any, file: str, i: int) -> tuple[str, str, str, str]:
 _ANSWER_BODY = re.compile(r"^\s*<answer>(.*)</answer>\s*$", re.S)
 
 
-def read_training_json(path: str | os.PathLike, grpo: bool = False) -> list[BenchItem]:
-    """`cognition_training.json` (grpo=False) or `training_grpo.json` (grpo=True) → items."""
+def read_training_json(path: str | os.PathLike, grpo: bool | None = False) -> list[BenchItem]:
+    """`cognition_training.json` (grpo=False) or `training_grpo.json` (grpo=True) → items; grpo=None takes
+    either, item by item (a target in `<answer>…</answer>` is a GRPO item)."""
     file = str(path)
     data = load_json(path)
     if not isinstance(data, list):
@@ -207,7 +208,10 @@ def read_training_json(path: str | os.PathLike, grpo: bool = False) -> list[Benc
     for i, entry in enumerate(data):
         id_, image, prompt, answer = _conversation(entry, file, i)
         dim = dimension_of(image, file, i)
-        if grpo:
+        if grpo is None:
+            m = _ANSWER_BODY.match(answer)
+            answer = m.group(1) if m else answer
+        elif grpo:
             m = _ANSWER_BODY.match(answer)
             if not m:
                 raise CogipError(f"GRPO target {answer!r} is not wrapped in <answer>…</answer>", file=file, item=i)

@@ -40,11 +40,16 @@ TRAIN_INFO = "cogip_train.json"   # written beside the weights: family, base mod
 class ModelArguments:
     model_id: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct", metadata={"help": "hub id or local checkpoint"})
     family: str | None = field(default=None, metadata={"help": "qwen | llama | gemma (default: from the model)"})
-    tune_mode: str = field(default="lora", metadata={"help": "lora | full"})
+    tune_mode: str = field(default="lora", metadata={
+        "help": "lora (LoRA on the language model, its base frozen) | full | frozen-llm (the language model not "
+                "trained: the vision tower and merger only, as the published GRPO recipe)"})
+    use_dora: bool = field(default=False, metadata={"help": "with lora: DoRA (peft's weight-decomposed LoRA)"})
     lora_r: int = 64
     lora_alpha: int = 64
     lora_dropout: float = 0.05
     train_vision: bool = field(default=True, metadata={"help": "train the vision tower (at vision_lr)"})
+    train_merger: bool = field(default=True, metadata={"help": "train the vision-language merger/projector (at "
+                                                                "merger_lr)"})
     vision_lr: float = 2e-6
     merger_lr: float = 1e-5
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels lower bound"})
@@ -102,26 +107,42 @@ class ProfileArguments:
                 "host stacks; cogip.profiling.BlockTimeline, HostStacks)"})
 
 
+TUNE_MODES = ("lora", "full", "frozen-llm")
+
+
 def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapters: bool = True):
     """Freeze what the recipe freezes; wrap with LoRA in lora mode. Returns the model to train.
+
+    lora: LoRA (or DoRA) on the language model's linear layers, its base frozen; full: the language model
+    itself; frozen-llm: the language model not at all (the published GRPO recipe). In each, the vision
+    tower trains with --train_vision and the merger/projector with --train_merger.
 
     fp32_adapters: PEFT's default (LoRA weights in float32 under a bf16 model, for autocast). Off under
     DeepSpeed, which keeps float32 master copies of every trained parameter itself and whose ZeRO-3
     needs them all in one dtype; bf16 LoRA also keeps float32 matmuls and casts out of every layer."""
-    if margs.tune_mode == "full":
-        for name, p in model.named_parameters():
-            p.requires_grad = margs.train_vision or family.param_group(name) != "vision"
-        return model
+    if margs.tune_mode not in TUNE_MODES:
+        raise CogipError(f"tune_mode must be one of {', '.join(TUNE_MODES)}, not {margs.tune_mode!r}")
+    wanted = {"vision": margs.train_vision, "projector": margs.train_merger, "language": margs.tune_mode == "full"}
     if margs.tune_mode != "lora":
-        raise CogipError(f"tune_mode must be lora or full, not {margs.tune_mode!r}")
+        for name, p in model.named_parameters():
+            p.requires_grad = wanted[family.param_group(name)]
+        if not any(p.requires_grad for p in model.parameters()):
+            raise CogipError(f"--tune_mode {margs.tune_mode} with neither the vision tower nor the merger trained "
+                             f"trains nothing")
+        return model
     from peft import LoraConfig, get_peft_model
-    trained = (*family.vision_prefixes, *family.projector_prefixes) if margs.train_vision else family.projector_prefixes
+    trained = [*(family.vision_prefixes if margs.train_vision else ()),
+               *(family.projector_prefixes if margs.train_merger else ())]
     outermost = [p for p in trained if not any(p.startswith(q + ".") for q in trained)]   # Qwen's merger is in visual
     config = LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
-                        target_modules=family.lora_target_modules, bias="none",
+                        target_modules=family.lora_target_modules, bias="none", use_dora=margs.use_dora,
                         # non-LoRA trained parts live in the adapter too, so it saves, resumes and merges whole
-                        modules_to_save=sorted({p.split(".")[-1] for p in outermost}))
-    return get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
+                        modules_to_save=sorted({p.split(".")[-1] for p in outermost}) or None)
+    model = get_peft_model(model, config, autocast_adapter_dtype=fp32_adapters)
+    for name, p in model.named_parameters():   # a part inside a saved module that stays frozen (Qwen's merger)
+        if "modules_to_save" in name and not wanted[family.param_group(name)]:
+            p.requires_grad = False
+    return model
 
 
 def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
@@ -286,6 +307,8 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         kernel_name(largs.soft_kernel)
     except ValueError as e:
         raise CogipError(f"--soft_kernel: {e}") from None
+    if margs.tune_mode not in TUNE_MODES:   # before anything loads
+        raise CogipError(f"tune_mode must be one of {', '.join(TUNE_MODES)}, not {margs.tune_mode!r}")
     family = resolve_family(margs.model_id, margs.family)
     if os.path.isfile(os.path.join(margs.model_id, "adapter_config.json")):
         raise CogipError("a LoRA adapter, not a model to fine-tune: merge it first (sft/<family>/merge_lora.sh)",

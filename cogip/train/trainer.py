@@ -85,7 +85,31 @@ def _supervised_logits(model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]
     return logits, shifted[keep]
 
 
-class CogipTrainer(Trainer):
+class PartLearningRates:
+    """A Trainer mixin (for transformers' Trainer and trl's): one optimizer group per part and decay, the
+    language model at lr, the vision tower at `vision_lr`, the merger/projector at `merger_lr`. Needs
+    `self.family`, `self.vision_lr`, `self.merger_lr`."""
+
+    def create_optimizer(self):
+        if self.optimizer is not None:
+            return self.optimizer
+        lrs = {"language": self.args.learning_rate, "vision": self.vision_lr or self.args.learning_rate,
+               "projector": self.merger_lr or self.args.learning_rate}
+        groups: dict[tuple[str, bool], list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                decay = p.ndim >= 2 and "norm" not in name.lower()
+                groups.setdefault((self.family.param_group(name), decay), []).append(p)
+        order = {"language": 0, "projector": 1, "vision": 2}   # first group's lr is the one logged
+        params = [{"params": ps, "lr": lrs[g], "weight_decay": self.args.weight_decay if decay else 0.0}
+                  for (g, decay), ps in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], not kv[0][1]))]
+        optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+        optim_kwargs.pop("lr", None)
+        self.optimizer = optim_cls(params, **optim_kwargs)
+        return self.optimizer
+
+
+class CogipTrainer(PartLearningRates, Trainer):
     def __init__(self, *args, family: Family, loss_fn: SoftLabelLoss, vision_lr: float | None = None,
                  merger_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -133,22 +157,3 @@ class CogipTrainer(Trainer):
                 logs["loss_numeric"] = round(numeric / tokens, 5)
             self._parts, self._tokens = None, 0
         super().log(logs, *args, **kwargs)
-
-    def create_optimizer(self):
-        """Three groups: language model (LoRA or full) at lr, vision tower at vision_lr, projector at merger_lr."""
-        if self.optimizer is not None:
-            return self.optimizer
-        lrs = {"language": self.args.learning_rate, "vision": self.vision_lr or self.args.learning_rate,
-               "projector": self.merger_lr or self.args.learning_rate}
-        groups: dict[tuple[str, bool], list] = {}
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                decay = p.ndim >= 2 and "norm" not in name.lower()
-                groups.setdefault((self.family.param_group(name), decay), []).append(p)
-        order = {"language": 0, "projector": 1, "vision": 2}   # first group's lr is the one logged
-        params = [{"params": ps, "lr": lrs[g], "weight_decay": self.args.weight_decay if decay else 0.0}
-                  for (g, decay), ps in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], not kv[0][1]))]
-        optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
-        optim_kwargs.pop("lr", None)
-        self.optimizer = optim_cls(params, **optim_kwargs)
-        return self.optimizer
