@@ -11,7 +11,7 @@ import torch
 
 from cogip.data.images import open_image
 from cogip.models.families import FAMILIES
-from cogip.train.merge import load_adapted
+from cogip.models.adapters import load_adapted
 
 
 def main(work: str, trained: str, label: str) -> None:

@@ -53,7 +53,7 @@ def load_encoder(encoder: str, base: str | None = None, dtype=torch.bfloat16):
     """(text encoder, tokenizer) from a full SFT checkpoint or an adapter folder (+ base)."""
     fam = resolve_family(encoder, "qwen")   # a Qwen2.5-VL, there, before anything loads
     if os.path.isfile(os.path.join(encoder, "adapter_config.json")):
-        from .train.merge import load_adapted, processor_source
+        from .models.adapters import load_adapted, processor_source
         model, _ = load_adapted(encoder, base, fam, dtype=dtype)
         model = model.merge_and_unload()
         tok_src = processor_source(encoder, base)

@@ -85,7 +85,7 @@ def run(a) -> int:
         a.test_dir = "data/test_msg_file"
     item, root = _item(a)   # the bench files first: a bad one costs no processor load
     fam = resolve_family(a.model, a.family)
-    from .train.merge import processor_source
+    from .models.adapters import processor_source
     source = processor_source(a.model) if Path(a.model, "adapter_config.json").is_file() else a.model
     processor = fam.load_processor(source)
     print(f"{a.model}: family {fam.name}; BOS {processor.tokenizer.bos_token!r}, end of turn {fam.end_of_turn!r}")

@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 from cogip.data.images import open_image
 from cogip.errors import CogipError
 from cogip.models.families import FAMILIES
-from cogip.train.merge import load_adapted, merge
+from cogip.models.adapters import load_adapted
+from cogip.train.merge import merge
 from cogip.train.sft import run
 from recorders import StepRecord
 

@@ -88,7 +88,7 @@ class ScorerLoading:
     def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
                  device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
                  max_pixels: int | None = None, compile: str = "none", compile_dynamic: bool | None = True):
-        from ..train.merge import adapter_base, processor_source
+        from ..models.adapters import adapter_base, processor_source
         self.model_id, self.base_model, self.device = model_id, base_model, device
         self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
         self.compile, self.compile_dynamic = compile, compile_dynamic
@@ -117,7 +117,7 @@ class ScorerLoading:
         return getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
 
     def load(self) -> "Scorer":
-        from ..train.merge import load_adapted
+        from ..models.adapters import load_adapted
         if self.is_adapter:
             model, _ = load_adapted(self.model_id, self.base_model, self.family, dtype=self.dtype_arg,
                                     device=self.device)
