@@ -121,7 +121,8 @@ def _save_atomic(image, path: Path):
 
 def generate(pipe, swap: EncoderSwap, prompts: list[tuple[str, str]], out: Path, seed: int = 55,
              images_per_prompt: int = 1, height: int = 768, width: int = 768, steps: int = 14,
-             true_cfg_scale: float = 2.0, negative_prompt: str = " ", combined: bool = True) -> list[dict]:
+             true_cfg_scale: float = 2.0, negative_prompt: str = " ", combined: bool = True,
+             generator_device: str = "cpu") -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.jsonl"
     done = set()
@@ -143,7 +144,7 @@ def generate(pipe, swap: EncoderSwap, prompts: list[tuple[str, str]], out: Path,
         negative = swap.encode(negative_prompt) if true_cfg_scale > 1 else (None, None)
         for name, prompt, k in tqdm(todo, desc=f"generate ({encoder})"):
             embeds, mask = swap.encode(prompt)
-            generator = torch.Generator("cpu").manual_seed(seed + k)
+            generator = torch.Generator(generator_device).manual_seed(seed + k)
             image = pipe(prompt_embeds=embeds, prompt_embeds_mask=mask, negative_prompt_embeds=negative[0],
                          negative_prompt_embeds_mask=negative[1], true_cfg_scale=true_cfg_scale, height=height,
                          width=width, num_inference_steps=steps, generator=generator).images[0]
@@ -231,8 +232,10 @@ def _score_plot(path: Path, pairs, summary):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cogip generate", description=__doc__.split("\n")[0])
-    p.add_argument("--pipeline", default="Qwen/Qwen-Image", help="Qwen-Image pipeline path or hub id")
-    p.add_argument("--aligned-encoder", required=True, help="SFT'd Qwen2.5-VL checkpoint, or LoRA adapter folder")
+    p.add_argument("--pipeline", default=os.environ.get("PIPELINE", "Qwen/Qwen-Image"),
+                   help="Qwen-Image pipeline path or hub id (default: $PIPELINE or Qwen/Qwen-Image)")
+    p.add_argument("--aligned-encoder", default=os.environ.get("ALIGNED"),
+                   help="SFT'd Qwen2.5-VL checkpoint, or LoRA adapter folder (default: $ALIGNED)")
     p.add_argument("--aligned-base", help="base model of an adapter (default: recorded in the adapter)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", help="JSON list of prompts or name → prompt object")
@@ -243,8 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=768), p.add_argument("--width", type=int, default=768)
     p.add_argument("--steps", type=int, default=14)
     p.add_argument("--true-cfg-scale", type=float, default=2.0)
-    p.add_argument("--negative-prompt", default=" ")
+    p.add_argument("--negative-prompt", default=" ", help="default ' ' (diffusers' own default for Qwen-Image)")
     p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--generator-device", default="cpu",
+                   help="where the seeded noise is drawn (cpu: the same images from a seed on any device)")
+    p.add_argument("--published-settings", action="store_true",
+                   help="the published script's: --dtype float16, --negative-prompt '', the noise drawn on the GPU")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--device-map", help="passed to the pipeline's from_pretrained (e.g. balanced)")
     p.add_argument("--no-combined", action="store_true", help="skip the side-by-side images")
@@ -252,7 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trait", help="dimension to score (Aesthetics, Funniness, Emotional_Valence, Memorability)")
     p.add_argument("--score-prompt", choices=("full", "short"), default="full",
                    help="prompt wording the scorer was trained on (short: the synthetic bench's)")
-    a = p.parse_args(argv)
+    from .published import GENERATE, translate
+    a = p.parse_args(translate(argv, GENERATE, "cogip generate"))   # the published batch_gene_image.py's flags too
+    if a.published_settings:
+        a.dtype, a.negative_prompt = "float16", ""
+        a.generator_device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not a.aligned_encoder:
+        p.error("needs the aligned encoder: --aligned-encoder or $ALIGNED (the published script hard-codes it)")
     return exit_code("cogip generate", _generate_cli, a)
 
 
@@ -276,7 +289,8 @@ def _generate_cli(a) -> None:
     swap = EncoderSwap(pipe, encoder, tokenizer)
     print(f"encoder swap verified: max |Δ prompt embedding| = {swap.verify():.4g}")
     records = generate(pipe, swap, prompts, Path(a.out), a.seed, a.images_per_prompt, a.height, a.width, a.steps,
-                       a.true_cfg_scale, a.negative_prompt, combined=not a.no_combined)
+                       a.true_cfg_scale, a.negative_prompt, combined=not a.no_combined,
+                       generator_device=a.generator_device)
     print(f"{len(records)} images in {a.out}")
     if a.score_with:
         del pipe, swap

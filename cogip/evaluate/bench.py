@@ -585,7 +585,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-batches", default="0", metavar="N|A:B",
                    help="profile the loop from its start until N batches are answered, or from when A are until B "
                         "are: OUT/profile.txt (slows them)")
-    a = p.parse_args(argv)
+    p.add_argument("--lora-path", help="a LoRA adapter folder to score on --model-id as its base (the published "
+                                        "Gemma script's flag; --model-id ADAPTER --base-model BASE does the same)")
+    from ..published import EVALUATE, translate
+    try:
+        a = p.parse_args(translate(argv, EVALUATE, "cogip evaluate"))   # the published cog_test.py's flags too
+    except CogipError as e:
+        print(f"cogip evaluate: error: {e}", file=sys.stderr)
+        return 2
+    if a.lora_path:
+        a.base_model, a.model_id = a.base_model or a.model_id, a.lora_path
     global _main_started
     _main_started = time.perf_counter()
     use_fast_pinning()   # before anything starts CUDA

@@ -107,6 +107,8 @@ def run(argv: list[str] | None = None):
             self.family, self.vision_lr, self.merger_lr = family, vision_lr, merger_lr
             super().__init__(*args, **kwargs)
 
+    from ..published import translate_sft
+    argv = translate_sft(argv, "cogip grpo")   # the published train_grpo.py's flags too
     parser = HfArgumentParser((ModelArguments, DataArguments, RewardArguments, GRPOConfig))
     margs, dargs, rargs, gargs = parser.parse_args_into_dataclasses(argv)
     if rargs.reward not in REWARDS:

@@ -25,11 +25,19 @@ def merge(adapter: str | Path, out: str | Path, base: str | None = None, family:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cogip merge", description=__doc__)
-    p.add_argument("--adapter", required=True, help="LoRA output folder (or one of its checkpoints)")
-    p.add_argument("--out", required=True, help="where the merged checkpoint goes")
+    p.add_argument("positional", nargs="*", metavar="ADAPTER OUT", help="the adapter folder and the output folder")
+    p.add_argument("--adapter", help="LoRA output folder (or one of its checkpoints)")
+    p.add_argument("--out", help="where the merged checkpoint goes")
     p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--family", choices=("qwen", "llama", "gemma"))
-    a = p.parse_args(argv)
+    from ..published import MERGE, translate
+    a = p.parse_args(translate(argv, MERGE, "cogip merge"))   # the published merge_lora_weights.py's flags too
+    if len(a.positional) > 2:
+        p.error("at most ADAPTER OUT as positional arguments")
+    a.adapter = a.adapter or (a.positional[0] if a.positional else None)
+    a.out = a.out or (a.positional[1] if len(a.positional) > 1 else None)
+    if not a.adapter or not a.out:
+        p.error("needs the adapter folder and the output folder (ADAPTER OUT, or --adapter and --out)")
     return exit_code("cogip merge", lambda: print(f"merged checkpoint written to {merge(a.adapter, a.out, a.base, a.family)}"))
 
 

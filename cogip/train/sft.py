@@ -380,6 +380,8 @@ def require_transformers() -> None:
 
 def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     require_transformers()
+    from ..published import translate_sft
+    argv = translate_sft(argv)   # the published train_sft.py's flags too
     parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
     margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
     resume = targs.resume_from_checkpoint
