@@ -138,11 +138,30 @@ def translate(argv: list[str] | None, table: dict, prog: str) -> list[str] | Non
     return out
 
 
+def _gpu_flags(argv: list[str], prog: str) -> list[str]:
+    """The published scripts' GPU settings: its `scripts/zero*.json` are this project's sft/deepspeed/ files; on a
+    machine without a GPU, DeepSpeed, TF32 and Liger's kernels have nothing to run on and are dropped, noted."""
+    from pathlib import Path
+
+    import torch
+    gpu = torch.cuda.is_available()
+    ours = Path(__file__).resolve().parents[1] / "sft" / "deepspeed"
+    out = []
+    for flag, value in _split(argv):
+        if flag == "--deepspeed" and value and not Path(value).is_file() and (ours / Path(value).name).is_file():
+            value = str(ours / Path(value).name)
+        if not gpu and (flag == "--deepspeed" or (flag in ("--tf32", "--use_liger") and value and _bool(value))):
+            print(f"{prog}: published flag {flag} {value} dropped: no GPU here", file=sys.stderr)
+            continue
+        out += [flag] if value is None else [flag, value]
+    return out
+
+
 def translate_sft(argv: list[str] | None, prog: str = "cogip sft") -> list[str]:
     """The published train_sft.py / train_grpo.py flags; --lora_enable and --freeze_llm become --tune_mode
     (lora: the language model through LoRA only, its base frozen, as the published code requires;
     otherwise frozen-llm, or full with --freeze_llm False)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _gpu_flags(list(sys.argv[1:] if argv is None else argv), prog)
     pairs = dict((f, v) for f, v in _split(argv) if f in SFT_COMBINED)
     rest = [a for f, v in _split(argv) if f not in SFT_COMBINED for a in ([f] if v is None else [f, v])]
     out = translate(rest, SFT, prog)

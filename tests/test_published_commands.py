@@ -1,6 +1,6 @@
 """The published command lines (Follen-cry/MLLM_Cognition_Alignment's scripts), run unchanged against this
-project's entry points on tiny models: only paths are replaced, and the GPU-only flags of the training
-command (--deepspeed, --bf16, --tf32, --use_liger) are set for a CPU."""
+project's entry points on tiny models: only paths are replaced. On this CPU the training command's GPU
+settings (--deepspeed, --tf32, --use_liger) are dropped with a note."""
 
 from __future__ import annotations
 
@@ -23,16 +23,16 @@ def sh(args, **env) -> subprocess.CompletedProcess:
 
 def published_finetune(model, data, images, out):
     """sft/qwen/scripts/finetune_lora.sh's train_sft.py flags, as published."""
-    return ["--use_liger", "False", "--lora_enable", "True", "--use_dora", "False",
+    return ["--deepspeed", "scripts/zero3_offload.json", "--use_liger", "True", "--lora_enable", "True", "--use_dora", "False",
             "--lora_namespan_exclude", "['lm_head', 'embed_tokens']", "--lora_rank", "64", "--lora_alpha", "64",
             "--lora_dropout", "0.05", "--num_lora_modules", "-1", "--model_id", model, "--data_path", data,
             "--image_folder", images, "--remove_unused_columns", "False", "--freeze_vision_tower", "False",
-            "--freeze_llm", "True", "--freeze_merger", "False", "--bf16", "False", "--fp16", "False",
+            "--freeze_llm", "True", "--freeze_merger", "False", "--bf16", "True", "--fp16", "False",
             "--disable_flash_attn2", "False", "--output_dir", out, "--num_train_epochs", "1",
             "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "8",
             "--image_min_pixels", str(256 * 28 * 28), "--image_max_pixels", str(1280 * 28 * 28),
             "--learning_rate", "3e-5", "--merger_lr", "1e-5", "--vision_lr", "2e-6", "--weight_decay", "0.1",
-            "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--tf32", "False",
+            "--warmup_ratio", "0.03", "--lr_scheduler_type", "cosine", "--logging_steps", "1", "--tf32", "True",
             "--gradient_checkpointing", "True", "--report_to", "tensorboard", "--lazy_preprocess", "True",
             "--save_strategy", "no", "--save_only_model", "False", "--dataloader_num_workers", "4",
             "--soft_label_enable", "True", "--soft_label_dist", "triangular", "--soft_label_eta", "0.15",
@@ -51,6 +51,7 @@ def test_published_qwen_commands_end_to_end(tiny_models, synth_bench, tmp_path):
     assert info["model"]["lora_r"] == 64 and info["model"]["train_vision"] and info["model"]["train_merger"]
     assert info["model"]["min_pixels"] == 256 * 28 * 28 and info["global_step"] == 2   # 64 items, 32 a step
     assert "published flag --lazy_preprocess dropped" in run.stderr
+    assert "published flag --deepspeed" in run.stderr and "dropped: no GPU here" in run.stderr
     # sft/qwen/scripts/merge_lora.sh
     sh(["bash", "sft/qwen/merge_lora.sh", "--model-path", adapter, "--model-base", tiny_models["qwen"],
         "--save-model-path", merged, "--safe-serialization"])
