@@ -110,7 +110,10 @@ def run(argv: list[str] | None = None):
     from ..published import translate_sft
     argv = translate_sft(argv, "cogip grpo")   # the published train_grpo.py's flags too
     parser = HfArgumentParser((ModelArguments, DataArguments, RewardArguments, GRPOConfig))
-    margs, dargs, rargs, gargs = parser.parse_args_into_dataclasses(argv)
+    try:
+        margs, dargs, rargs, gargs = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
+        raise CogipError(" ".join(str(e).split())[:400]) from None
     if rargs.reward not in REWARDS:
         raise CogipError(f"--reward {rargs.reward!r}: expected one of {', '.join(REWARDS)}")
     family = resolve_family(margs.model_id, margs.family)

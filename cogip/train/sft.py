@@ -383,7 +383,10 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     from ..published import translate_sft
     argv = translate_sft(argv)   # the published train_sft.py's flags too
     parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
-    margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
+    try:
+        margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
+    except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
+        raise CogipError(" ".join(str(e).split())[:400]) from None
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
