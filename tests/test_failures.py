@@ -160,3 +160,15 @@ def test_bad_training_data_before_the_model_loads(unloadable, synth_bench, tmp_p
     out = tmp_path / "out"
     one_error_line(launch("sft/llama/finetune_lora.sh", **sft_env(bench, unloadable["llama"], out)), message)
     assert nothing_in(out)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tune_mode", "partial"], "--tune_mode must be one of lora, full, frozen-llm, not 'partial'"),
+    (["--tune_mode", "frozen-llm", "--train_vision", "False", "--train_merger", "False"], "trains nothing"),
+    (["--soft_kernel", "wide"], "unknown soft-label kernel 'wide'"),
+])
+def test_bad_training_options_before_the_model_loads(unloadable, synth_bench, tmp_path, flags, message):
+    out = tmp_path / "out"
+    one_error_line(launch("sft/qwen/finetune_lora.sh", *flags, **sft_env(synth_bench, unloadable["qwen"], out)),
+                   message)
+    assert nothing_in(out)

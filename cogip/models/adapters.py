@@ -73,9 +73,8 @@ def _read_extra(path: Path) -> dict:
     return state
 
 
-def _apply_extra(model, path: Path) -> int:
+def _apply_extra(model, state: dict, path: Path) -> int:
     """The published code's trained non-LoRA weights (vision tower, merger) into the base model."""
-    state = _read_extra(path)
     rename = _renamer(model)
     params = dict(model.named_parameters())
     mapped = {}
@@ -102,11 +101,10 @@ def load_adapted(adapter: str | os.PathLike, base: str | None = None, family: Fa
     base = base or adapter_base(adapter)
     family = family or resolve_family(base)
     extra = adapter / PUBLISHED_EXTRA
-    if extra.is_file():
-        _read_extra(extra)   # a bad file stops the run before the weights load
+    extra_state = _read_extra(extra) if extra.is_file() else None   # a bad file stops before the weights load
     model = family.load_model(base, dtype=dtype, device=device)
     weights = adapter / "adapter_model.safetensors"
-    if not extra.is_file():   # this project's layout: PEFT loads it as saved
+    if extra_state is None:   # this project's layout: PEFT loads it as saved
         try:
             model = PeftModel.from_pretrained(model, str(adapter))
         except (RuntimeError, ValueError, KeyError) as e:
@@ -115,7 +113,7 @@ def load_adapted(adapter: str | os.PathLike, base: str | None = None, family: Fa
         with safe_open(str(weights), "pt") as f:
             saved = {k.replace(".default", "") for k in f.keys()}
     else:   # the published layout: names from an older transformers, vision and merger beside the adapter
-        _apply_extra(model, extra)
+        _apply_extra(model, extra_state, extra)
         rename = _renamer(model)
         config = LoraConfig.from_pretrained(str(adapter))
         modules = {n for n, _ in model.named_modules()}

@@ -177,9 +177,9 @@ def _family_of(source: str) -> tuple[Family | None, str]:
     adapter = os.path.join(source, "adapter_config.json")
     if os.path.isfile(adapter):
         info = os.path.join(source, "cogip_train.json")   # written beside a cogip SFT run's weights
-        if os.path.isfile(info) and json.load(open(info)).get("family") in FAMILIES:
-            fam = FAMILIES[json.load(open(info))["family"]]
-            return fam, f"{source} is an adapter of a {fam.name} model"
+        recorded = json.load(open(info)).get("family") if os.path.isfile(info) else None
+        if recorded in FAMILIES:
+            return FAMILIES[recorded], f"{source} is an adapter of a {recorded} model"
         base = json.load(open(adapter)).get("base_model_name_or_path")
         if base and (os.path.isdir(base) or not _looks_like_path(base)):
             fam, _ = _family_of(base)

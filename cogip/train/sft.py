@@ -34,6 +34,7 @@ from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
 
 TRAIN_INFO = "cogip_train.json"   # written beside the weights: family, base model, tuning mode
+TUNE_MODES = ("lora", "full", "frozen-llm")
 
 
 @dataclass
@@ -76,6 +77,12 @@ class ModelArguments:
         "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
                 "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
 
+    def __post_init__(self):   # parsed before anything loads: a bad value is one line (ValueError -> CogipError)
+        if self.tune_mode not in TUNE_MODES:
+            raise ValueError(f"--tune_mode must be one of {', '.join(TUNE_MODES)}, not {self.tune_mode!r}")
+        if self.tune_mode == "frozen-llm" and not (self.train_vision or self.train_merger):
+            raise ValueError("--tune_mode frozen-llm with neither the vision tower nor the merger trained trains nothing")
+
 
 @dataclass
 class DataArguments:
@@ -95,6 +102,9 @@ class LossArguments:
     soft_multidigit: bool = field(default=False, metadata={
         "help": "soft labels on multi-digit tokens too (Llama 3's '577'); off as published: plain cross-entropy"})
 
+    def __post_init__(self):
+        kernel_name(self.soft_kernel)   # an unknown kernel: a ValueError naming the known ones
+
 
 @dataclass
 class ProfileArguments:
@@ -107,9 +117,6 @@ class ProfileArguments:
                 "host stacks; cogip.profiling.BlockTimeline, HostStacks)"})
 
 
-TUNE_MODES = ("lora", "full", "frozen-llm")
-
-
 def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapters: bool = True):
     """Freeze what the recipe freezes; wrap with LoRA in lora mode. Returns the model to train.
 
@@ -120,15 +127,10 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     fp32_adapters: PEFT's default (LoRA weights in float32 under a bf16 model, for autocast). Off under
     DeepSpeed, which keeps float32 master copies of every trained parameter itself and whose ZeRO-3
     needs them all in one dtype; bf16 LoRA also keeps float32 matmuls and casts out of every layer."""
-    if margs.tune_mode not in TUNE_MODES:
-        raise CogipError(f"tune_mode must be one of {', '.join(TUNE_MODES)}, not {margs.tune_mode!r}")
     wanted = {"vision": margs.train_vision, "projector": margs.train_merger, "language": margs.tune_mode == "full"}
     if margs.tune_mode != "lora":
         for name, p in model.named_parameters():
             p.requires_grad = wanted[family.param_group(name)]
-        if not any(p.requires_grad for p in model.parameters()):
-            raise CogipError(f"--tune_mode {margs.tune_mode} with neither the vision tower nor the merger trained "
-                             f"trains nothing")
         return model
     from peft import LoraConfig, get_peft_model
     trained = [*(family.vision_prefixes if margs.train_vision else ()),
@@ -303,12 +305,6 @@ def _begin_timeline(family: Family, model):
 
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
                   callbacks=None) -> CogipTrainer:
-    try:
-        kernel_name(largs.soft_kernel)
-    except ValueError as e:
-        raise CogipError(f"--soft_kernel: {e}") from None
-    if margs.tune_mode not in TUNE_MODES:   # before anything loads
-        raise CogipError(f"tune_mode must be one of {', '.join(TUNE_MODES)}, not {margs.tune_mode!r}")
     family = resolve_family(margs.model_id, margs.family)
     if os.path.isfile(os.path.join(margs.model_id, "adapter_config.json")):
         raise CogipError("a LoRA adapter, not a model to fine-tune: merge it first (sft/<family>/merge_lora.sh)",
