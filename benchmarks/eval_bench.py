@@ -7,7 +7,7 @@ the loop, each on a freshly built model at the largest batch size, with options 
 (also the language blocks' MLPs and norms, as `--compile all`), `pipeN` (N batches in flight, as
 `--pipeline N`; 1 otherwise), `cudnn` (cuDNN's fused attention allowed, `Scorer(cudnn_attention=True)`),
 `warmN` (the untimed warm-up run answers N batches, default as many as `pipeN`), `workersN` (N loader
-workers; 8 otherwise, as `python -m cogip.evaluate.bench` on a GPU), `prefetchN` (each worker keeps N
+workers; 8 otherwise, as `python -m cogip.evaluate.loop` on a GPU), `prefetchN` (each worker keeps N
 prepared batches ready; 2 otherwise), `nopin` (prepared batches not pinned).
 `base` is the loop with none of them. A variant listed again runs again, its rows as `<variant>_run2`.
 A variant that fails is recorded as its error, and the next runs. `--mixed-sizes`: every image a size of
@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cogip.data.bench import write_json
+from cogip.data.layout import write_json
 from cogip.data.images import open_image
 from cogip.dims import DIMENSIONS
-from cogip.evaluate.bench import run_benchmark
+from cogip.accel.scoring import FastEngine, ScoringOptions, speed_up, visual_tokens
+from cogip.evaluate.loop import LoopOptions, run_benchmark as loop_run
 from cogip.evaluate.scorer import Scorer
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
@@ -86,6 +87,12 @@ def published_loop(model, processor, fam, bench: Path, n: int) -> float:
     return len(msgs) / (time.perf_counter() - t)
 
 
+def run_benchmark(scorer, test_dir, image_root, out, batch_size, mode, sample_n=None, **speed):
+    """The loop as `cog_test.sh` runs it (cogip.accel's engine with these speed options)."""
+    options = LoopOptions(str(test_dir), str(image_root), str(out), None, sample_n, 19, "published", None, batch_size, mode)
+    return loop_run(scorer, options, FastEngine(ScoringOptions(**speed)))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cpu-smoke", action="store_true")
@@ -97,7 +104,7 @@ def main():
     p.add_argument("--mixed-sizes", action="store_true", help="images of varied sizes, cog_test.sh's pixel bounds")
     a = p.parse_args()
     # No use_fast_pinning() here, unlike cog_test.sh: this process runs many loops, and each forks its loader's
-    # workers after the pinned pool has grown (see cogip.evaluate.bench.use_fast_pinning)
+    # workers after the pinned pool has grown (see cogip.evaluate.loop.use_fast_pinning)
     out = Path(a.out)
     cuda = torch.cuda.is_available() and not a.cpu_smoke
     fam = FAMILIES["qwen"]
@@ -111,7 +118,7 @@ def main():
     def build():
         if not cuda:
             return fam.load_model(tiny)
-        from cogip.models.configs import qwen2_5_vl_7b
+        from real_configs import qwen2_5_vl_7b
         torch.manual_seed(0)
         with torch.device("cuda"):
             return fam.model_cls()._from_config(qwen2_5_vl_7b(processor.tokenizer), dtype=torch.bfloat16).eval()
@@ -124,10 +131,10 @@ def main():
         tokens = []
         for path in sorted((bench / "img/Aesthetics").glob("*.jpg"))[:64]:
             with Image.open(path) as image:   # the header only
-                tokens.append(fam.visual_tokens_added(processor, *image.size) + 1)
+                tokens.append(visual_tokens(processor, *image.size) + 1)
         results["visual_tokens_first64"] = {"mean": float(np.mean(tokens)), "min": min(tokens), "max": max(tokens)}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    workers = 8 if cuda else 0   # what `python -m cogip.evaluate.bench` uses on a GPU
+    workers = 8 if cuda else 0   # what `python -m cogip.evaluate.loop` uses on a GPU
     for k, variant in enumerate(a.variants):
         # a variant listed again gets its own rows: "<variant>_run2", ...
         label = variant + (f"_run{a.variants[:k].count(variant) + 1}" if variant in a.variants[:k] else "")
@@ -135,7 +142,7 @@ def main():
         model.generation_config.eos_token_id = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         options = set(variant.split("+"))
         if "liger" in options:
-            from cogip.models.blocks import apply_liger
+            from cogip.accel.blocks import apply_liger
             apply_liger(model)
         compile_parts = "all" if "compileall" in options else "vision" if "compile" in options else "none"
         pipeline = next((int(o[4:]) for o in options if o.startswith("pipe")), 1)
@@ -143,8 +150,9 @@ def main():
         n_workers = next((int(o[7:]) for o in options if o.startswith("workers")), workers)
         loader = {"prefetch": next((int(o[8:]) for o in options if o.startswith("prefetch")), 2),
                   **({"pin_memory": False} if "nopin" in options else {})}
-        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW, compile=compile_parts,
-                        cudnn_attention="cudnn" in options)
+        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW)
+        speed_up(scorer, compile_parts)
+        scorer.pipeline.cudnn_attention = "cudnn" in options
         if label == "base":   # the published loop and the shapes, once
             sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
                                images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
@@ -161,6 +169,7 @@ def main():
                 try:
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"warm_{tag}", batch_size=bs,
                                   mode=mode, num_workers=n_workers, sample_n=bs * warm, pipeline=pipeline, **loader)
+
                     sync()
                     t = time.perf_counter()
                     run_benchmark(scorer, bench / "test", bench / "img", out / f"run_{tag}", batch_size=bs,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from cogip.models.configs import REAL, real_processor
+from real_configs import REAL, real_processor
 from cogip.models.families import FAMILIES
 from cogip.models.tiny import build_tiny
 

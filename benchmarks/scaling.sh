@@ -4,12 +4,13 @@
 # (1296 visual tokens at MIN/MAX_PIXELS below); FAMILY=llama (or gemma): that family's launchers and
 # architecture, 1120-px images (Llama: 4 tiles of 560 px), work folder /tmp/scaling-<family>:
 #   SFT: sft/qwen/finetune_lora.sh, 4 samples per GPU, on 1 GPU and on NUM_GPUS, with ZeRO-2, ZeRO-3 and FSDP2;
-#        samples/s = median step time after 2 warm-up steps (cogip_train.json "throughput").
+#        cogip_train.json "throughput": samples/s over the run, and the median step's after 2 warm-up steps;
+#        SFT_ARGS: extra finetune_lora.sh arguments of every SFT run (e.g. "--accel off").
 #   Eval: evaluation/qwen/cog_test.sh, batch 32, on 1 GPU and data-parallel on NUM_GPUS (timing.json; process_s:
 #         the whole call, model load included).
 #   NUM_GPUS=2 OUT=dir bash benchmarks/scaling.sh          SMOKE=1: tiny model on the CPU, few steps
-#   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.profiling) to OUT
-#   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.profiling.BlockTimeline, no profiler)
+#   PROFILE_STEP=5: every SFT run also writes each rank's profile of step 5 (cogip.accel.profiling) to OUT
+#   TIMELINE_STEP=5: ... and each rank's block timeline of step 5 (cogip.accel.profiling.BlockTimeline, no profiler)
 #   EVAL_ARGS="--profile-batches 5": extra arguments of every evaluation run (cog_test.sh); profiles are copied to OUT
 #   SIDE=896: Qwen's image side instead (and its pixel bounds), e.g. eval_bench.py's shapes; use a WORK of its own
 #   SIZE_RANGE="640 1152": Qwen images of varied sizes (each side drawn from the range, as real benches' images
@@ -35,8 +36,8 @@ fi
 # for its score lists, in parallel (each has a stream of its own), and resume where an earlier call stopped
 [ -d "$W/bench" ] || $PY -m cogip.cli data synth "$W/bench" --n $((train_n + test_n)) --n-train "$train_n" || exit 1
 $PY -m cogip.cli data synth "$W/images" --from-bench "$W/bench" "${size_args[@]}" || exit 1
-common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/images"
-        REPORT_TO=none MIN_PIXELS=$minpx MAX_PIXELS=$maxpx PER_DEVICE_BATCH=4 SAVE_STEPS=100000)
+common=(MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_ROOT="$W/images"
+        MIN_PIXELS=$minpx MAX_PIXELS=$maxpx PER_DEVICE_BATCH=4)
 sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from DS_DIR (default sft/deepspeed),
             # or FSDP_DIR (sft/fsdp) for names fsdp*
   local ds=$1 g=$2 parts=${3:-} run="sft_$1_$2gpu${3:+_ckpt-$3}" dsarg=(DS_CONFIG=${DS_DIR:-sft/deepspeed}/$1.json)
@@ -45,8 +46,9 @@ sft() {   # sft CONFIG_NAME GPUS [CHECKPOINT_PARTS [KEY=VALUE...]]; configs from
   [[ $ds == fsdp* ]] && dsarg=(DS_CONFIG= FSDP_CONFIG=${FSDP_DIR:-sft/fsdp}/$1.json)   # e.g. sft_fsdp2_2gpu
   echo "=== $run"
   env "${common[@]}" "${dsarg[@]}" NUM_GPUS="$g" LAUNCHER=$( ((g > 0)) && echo torchrun || echo python) \
-    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUTPUT_DIR="$W/$run" ${parts:+CHECKPOINT_PARTS=$parts} "${launcher_env[@]}" \
-    bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no ${PROFILE_STEP:+--profile_step $PROFILE_STEP} \
+    GLOBAL_BATCH=$((4 * (g > 0 ? g : 1))) OUT="$W/$run" "${launcher_env[@]}" \
+    bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no --report_to none \
+    ${parts:+--checkpoint_parts $parts} ${PROFILE_STEP:+--profile_step $PROFILE_STEP} ${SFT_ARGS:-} \
     ${TIMELINE_STEP:+--timeline_step $TIMELINE_STEP} \
     > "$OUT/$run.log" 2>&1; echo "rc=$?"
   grep "cogip sft:" "$OUT/$run.log" | tail -n 2
@@ -74,7 +76,7 @@ evaluate() {   # evaluate GPUS [--option=value | KEY=VALUE ...]: extra cog_test.
 # ZeRO-2 first, then the evaluation, the sharded configs last (ZeRO-3, FSDP2: their one-GPU runs give the
 # like-for-like scaling; users also compare them on N GPUs with ZeRO-2's one-GPU run).
 # RUNS instead runs exactly these, in order: sft_<config>_<G>gpu[:<checkpoint parts>][@KEY=VALUE...] or
-# eval_<G>gpu[@--option=value...][@KEY=VALUE...] (cog_test.sh arguments, launcher environment), e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@SDPA_BACKENDS=flash eval_2gpu eval_1gpu@--prefetch=1";
+# eval_<G>gpu[@--option=value...][@KEY=VALUE...] (cog_test.sh arguments, launcher environment), e.g. RUNS="sft_zero3_1gpu sft_zero3_2gpu:vision sft_zero3_2gpu:vision@LAUNCHER=torchrun eval_2gpu eval_1gpu@--prefetch=1";
 # a config named fsdp* is an FSDP2 config (sft/fsdp/<config>.json), e.g. sft_fsdp2_2gpu:vision;
 # each @KEY=VALUE is set for that run's launcher (sft/common.sh reads them)
 if [ -n "${RUNS:-}" ]; then

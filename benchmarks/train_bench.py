@@ -3,7 +3,7 @@
 checkpointing. Variants:
   published  full logits + the published loss (full-vocab log-softmax, per-token loop), per-window vision attention
   ours-loss  answer-only logits + this project's soft-label loss, per-window vision attention
-  ours       ours-loss + grouped varlen vision attention (cogip.models.attention)
+  ours       ours-loss + grouped varlen vision attention (cogip.accel.attention)
 Options after a colon: `ours:liger` (Liger's fused kernels, as `--use_liger_kernel True`),
 `ours:ckpt=language` (checkpoint only those parts, as `--checkpoint_parts`; all | none | language | vision,
 or `ckpt=vision=24`: only the first 24 vision blocks, `ckpt=vision=9+31`: 9 whole, then 31 only their MLP;
@@ -17,8 +17,8 @@ language blocks compiled whole and replayed as CUDA graphs, as `--graph_parts` (
 update on the same batch; `lr=9e-5` sets AdamW's rate, 1e-5 by default).
 Prints samples/s, peak memory, activation memory (peak minus weights, gradients and optimizer
 state between steps), approximate MFU and the loss of each on the same batch; `--profile VARIANT`
-adds a profile of one step (`cogip.profiling.report`: GPU busy and idle time, host waits, top operators);
-`--diagnose VARIANT` two more steps without the profiler: one under `cogip.profiling.BlockTimeline` (when
+adds a profile of one step (`cogip.accel.profiling.report`: GPU busy and idle time, host waits, top operators);
+`--diagnose VARIANT` two more steps without the profiler: one under `cogip.accel.profiling.BlockTimeline` (when
 each block ran on the device and how far the host was ahead), one under CUDA's sync debug mode (every
 host-device synchronisation, counted by the source line that caused it).
 
@@ -44,13 +44,13 @@ from loss_bench import published_from_logits  # noqa: E402
 
 from cogip.dims import DIMENSIONS  # noqa: E402
 from cogip.loss import NumberTokens, SoftLabelLoss  # noqa: E402
-from cogip.models.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
-from cogip.models.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
-from cogip.models.blocks import apply_liger, compile_blocks, graph_blocks, repeated_blocks, set_checkpointing  # noqa: E402
-from cogip.models.configs import real_processor  # noqa: E402
+from cogip.accel.attention import allow_sdpa_backends, use_fast_vision_attention  # noqa: E402
+from cogip.accel.vision_matmuls import use_fast_vision_matmuls  # noqa: E402
+from cogip.accel.blocks import apply_liger, compile_blocks, graph_blocks, repeated_blocks, set_checkpointing  # noqa: E402
+from real_configs import real_processor  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 from cogip.models.tiny import build_tiny  # noqa: E402
-from cogip.profiling import BlockTimeline, start_profile  # noqa: E402
+from cogip.accel.profiling import BlockTimeline, start_profile  # noqa: E402
 from cogip.train.data import SFTCollator  # noqa: E402
 from cogip.train.sft import ModelArguments, prepare_trainable  # noqa: E402
 from cogip.train.trainer import supervised_logits  # noqa: E402
@@ -126,7 +126,7 @@ def main():
         torch.manual_seed(0)
         allow_sdpa_backends(opts.get("sdpa", "auto"))
         if cuda:
-            from cogip.models.configs import REAL
+            from real_configs import REAL
             with torch.device("cuda"):
                 model = fam.model_cls()._from_config(REAL[a.family](processor.tokenizer), dtype=torch.bfloat16)
             torch.cuda.reset_peak_memory_stats()

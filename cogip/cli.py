@@ -1,4 +1,15 @@
-"""`cogip` command line: one entry, subcommands per job. Bad input → one line on stderr, exit 2."""
+"""`cogip` command line: one entry, a subcommand per job. Bad input → one line on stderr, exit 2.
+
+    cogip evaluate   score a model on CogIP-Bench            (evaluation/<family>/cog_test.sh; docs/evaluate.md)
+    cogip train      soft-label SFT                          (sft/<family>/finetune_lora.sh; docs/train.md)
+    cogip grpo       the GRPO ablation                       (sft/qwen/finetune_grpo.sh)
+    cogip merge      merge a LoRA adapter into its base      (sft/<family>/merge_lora.sh)
+    cogip generate   Qwen-Image with the aligned encoder     (qwen-image/run_batch.sh; docs/generate.md)
+    cogip inspect    what a model sees and answers for an item
+    cogip data       synthesise, build, validate bench folders
+    cogip models     tiny offline checkpoints
+    cogip demo       the embedded default, end to end
+"""
 
 from __future__ import annotations
 
@@ -6,6 +17,7 @@ import argparse
 import sys
 
 from .errors import CogipError
+from .models.families import FAMILIES
 
 
 def _data_synth(a) -> int:
@@ -67,8 +79,10 @@ def _models_tiny_qwen_image(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cogip", description=__doc__)
+    p = argparse.ArgumentParser(prog="cogip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    for name in ENTRY_POINTS:   # listed in the usage; run by main() before this parser
+        sub.add_parser(name, add_help=False)
 
     data = sub.add_parser("data", help="bench folders: synthesise, build, validate").add_subparsers(dest="action",
                                                                                                    required=True)
@@ -103,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="offline model checkpoints").add_subparsers(dest="action", required=True)
     t = models.add_parser("tiny", help="build tiny random-weight checkpoints with offline processors")
     t.add_argument("out")
-    t.add_argument("--family", nargs="+", default=["qwen"], choices=("qwen", "llama", "gemma"))
+    t.add_argument("--family", nargs="+", default=["qwen"], choices=tuple(FAMILIES))
     t.add_argument("--nest", action="store_true", help="write OUT/<family> even for one family")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--real-tokenizers", nargs="?", const="", metavar="DIR",
@@ -122,7 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# subcommands with parsers of their own (module, function): the rest of argv goes to them
+ENTRY_POINTS = {"evaluate": ("cogip.evaluate.cli", "main"), "train": ("cogip.train.sft", "main"),
+                "grpo": ("cogip.train.grpo", "main"), "merge": ("cogip.train.merge", "main"),
+                "generate": ("cogip.generate", "main"), "demo": ("cogip.demo", "main")}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ENTRY_POINTS:
+        import importlib
+        module, fn = ENTRY_POINTS[argv[0]]
+        return getattr(importlib.import_module(module), fn)(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

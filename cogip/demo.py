@@ -13,15 +13,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from .models.families import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = ("Aesthetics", "Funniness", "Emotional_Valence", "Memorability")
 TINY_PIXELS = {"MIN_PIXELS": "7056", "MAX_PIXELS": "7056"}   # 84x84: the tiny Qwen's native size
+
+
+_BAR = re.compile(r"\d+%\|")   # a tqdm bar: "answering (generate):  50%|█████     | 8/16 [00:04<00:04, ...]"
+
+
+def _follow(stream, log, stage: str) -> None:
+    """A stage's output: into its log line by line (a progress bar's redraws, separated by carriage returns,
+    kept as its last state), and its progress bars onto the console, redrawn in place with their ETA."""
+    shown, line = False, ""
+    while chunk := os.read(stream.fileno(), 65536):
+        for k, piece in enumerate(re.split(r"(\r|\n)", chunk.decode("utf-8", "replace"))):
+            if piece == "\n":
+                log.write(line + "\n")
+                line = ""
+            elif piece == "\r":
+                if _BAR.search(line):
+                    width = shutil.get_terminal_size((100, 20)).columns - 1
+                    sys.stdout.write("\r" + f"  [{stage}] {line.strip()}"[:width].ljust(width))
+                    sys.stdout.flush()
+                    shown = True
+                line = "" if _BAR.search(line) else line
+            else:
+                line += piece
+    if line:
+        log.write(line + "\n")
+    if shown:
+        sys.stdout.write("\n")
 
 
 class Stages:
@@ -37,8 +67,10 @@ class Stages:
         print(f"[{stage}] {shown}", flush=True)
         t = time.perf_counter()
         with open(self.out / "logs" / f"{name}.log", "w") as log:
-            code = subprocess.run([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})},
-                                  stdout=log, stderr=subprocess.STDOUT).returncode
+            proc = subprocess.Popen([str(c) for c in cmd], cwd=ROOT, env={**os.environ, **(env or {})},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            _follow(proc.stdout, log, stage)
+            code = proc.wait()
         took = time.perf_counter() - t
         self.times[stage] = self.times.get(stage, 0.0) + took
         self.log.append({"stage": stage, "name": name, "command": shown, "seconds": round(took, 1)})
@@ -51,13 +83,14 @@ def _py() -> str:
     return sys.executable
 
 
-def sft(stages, stage, name, family, model, bench, out, epochs, seed=42, extra_env=None, log_every=10):
+def sft(stages, stage, name, family, model, bench, out, epochs, seed=42, extra_flags=None, log_every=10):
     env = {"MODEL_ID": model, "DATA_PATH": f"{bench}/cognition_training.json",
-           "IMAGE_FOLDER": f"{bench}/cognition/cognition_images", "OUTPUT_DIR": out, "NUM_GPUS": "0",
-           "GLOBAL_BATCH": "16", "PER_DEVICE_BATCH": "16", "REPORT_TO": "tensorboard", "TUNE_MODE": "full",
-           "LR": "3e-3", "VISION_LR": "3e-3", "MERGER_LR": "3e-3", "EPOCHS": str(epochs), "SAVE_STEPS": "1000000",
-           "SEED": str(seed), **TINY_PIXELS, **(extra_env or {})}
-    stages.run(stage, name, ["bash", f"sft/{family}/finetune_lora.sh", "--logging_steps", str(log_every)], env)
+           "IMAGE_ROOT": f"{bench}/cognition/cognition_images", "OUT": out, "NUM_GPUS": "0",
+           "GLOBAL_BATCH": "16", "PER_DEVICE_BATCH": "16", **TINY_PIXELS}
+    flags = {"--report_to": "tensorboard", "--tune_mode": "full", "--learning_rate": "3e-3", "--vision_lr": "3e-3",
+             "--merger_lr": "3e-3", "--num_train_epochs": str(epochs), "--save_steps": "1000000", "--seed": str(seed),
+             "--logging_steps": str(log_every), **(extra_flags or {})}
+    stages.run(stage, name, ["bash", f"sft/{family}/finetune_lora.sh", *[x for kv in flags.items() for x in kv]], env)
 
 
 def evaluate(stages, stage, name, family, model, bench, out, mode):
@@ -90,11 +123,14 @@ def before_after_plot(before: dict, after: dict, png: Path) -> None:
     import numpy as np
     x = np.arange(len(DIMS))
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    for off, (label, s) in zip((-0.2, 0.2), (("base", before), ("after SFT", after))):
-        rho = [s[d]["spearman"] or 0.0 for d in DIMS]
-        lo = [r - (s[d]["spearman_ci95"][0] if s[d]["spearman_ci95"][0] is not None else r) for r, d in zip(rho, DIMS)]
-        hi = [(s[d]["spearman_ci95"][1] if s[d]["spearman_ci95"][1] is not None else r) - r for r, d in zip(rho, DIMS)]
-        ax.bar(x + off, rho, 0.4, yerr=[lo, hi], capsize=3, label=label)
+    for off, (label, s), color in zip((-0.2, 0.2), (("base", before), ("after SFT", after)), ("#999999", "#4c72b0")):
+        for k, d in enumerate(DIMS):   # an undefined ρ (too few answers parsed) is marked, not drawn as 0
+            r, (lo, hi) = s[d]["spearman"], s[d]["spearman_ci95"]
+            if r is None:
+                ax.text(x[k] + off, 0.03, "undefined", rotation=90, ha="center", va="bottom", fontsize=7, color="#a33")
+                continue
+            err = [[r - (lo if lo is not None else r)], [(hi if hi is not None else r) - r]]
+            ax.bar(x[k] + off, r, 0.4, yerr=err, capsize=3, color=color, label=label if k == 0 else None)
     ax.set_xticks(x, [d.replace("_", "\n") for d in DIMS]), ax.set_ylim(-1, 1), ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("Spearman ρ (95% CI)"), ax.legend(loc="lower right")
     fig.tight_layout()
@@ -103,7 +139,10 @@ def before_after_plot(before: dict, after: dict, png: Path) -> None:
 
 
 def _fmt(x, p=3):
-    return "—" if x is None else f"{x:.{p}f}"
+    """p decimals, or as many significant digits as show a small value (0.0003, not 0.000); — for undefined."""
+    if x is None:
+        return "—"
+    return f"{x:.{p}f}" if x == 0 or abs(x) >= 10 ** -p else f"{x:.1e}"
 
 
 def _ci(m):
@@ -154,7 +193,12 @@ def write_report(out: Path, st: Stages, results: dict, families: list[str]) -> N
     parts = ["# CogIP demo report", "",
              "Synthetic bench + tiny offline models on the CPU, through the users' own entry points "
              "(`cog_test.sh`, `finetune_lora.sh`, `run_batch.sh`). Every number below is read from the run's own "
-             "metrics files under this folder.", ""]
+             "metrics files under this folder.", "",
+             "How to read the tables: **Spearman ρ** is the rank correlation between the model's scores and the "
+             "human ones (1: the same order; the benchmark's headline). **generate** reads the score from the "
+             "number the model writes; **expected** from its probabilities over the digits (an expected value). "
+             "**—** means undefined: fewer than 3 answers parsed, or all scores equal. MAE and MSE are in the "
+             "dimension's own units (Aesthetics and Funniness 0–10, Emotional Valence −3..3, Memorability 0–1).", ""]
     for fam in families:
         r = results[fam]
         before_after_plot(r["base"], r["sft_generate"], fig / f"before_after_{fam}.png")
@@ -192,11 +236,11 @@ def write_report(out: Path, st: Stages, results: dict, families: list[str]) -> N
 # the published loss and its options (cogip/loss.py), as the launcher's environment sets them
 ABLATION = {
     "published": {},
-    "narrow-triangle": {"SOFT_KERNEL": "narrow-triangle"},
-    "gaussian": {"SOFT_KERNEL": "gaussian"},
-    "uniform": {"SOFT_KERNEL": "uniform"},
-    "multidigit": {"SOFT_MULTIDIGIT": "True"},   # changes something only where multi-digit tokens exist (Llama)
-    "plain-ce": {"SOFT_LABELS": "False"},
+    "narrow-triangle": {"--soft_kernel": "narrow-triangle"},
+    "gaussian": {"--soft_kernel": "gaussian"},
+    "uniform": {"--soft_kernel": "uniform"},
+    "multidigit": {"--soft_multidigit": "True"},   # changes something only where multi-digit tokens exist (Llama)
+    "plain-ce": {"--soft_labels": "False"},
 }
 
 
@@ -217,7 +261,7 @@ def run_ablation(out: Path, n: int, n_train: int, epochs: int, seeds: list[int],
         for seed in seeds:
             tag = f"{variant}-{seed}"
             sft(st, "fine-tune", f"sft-{tag}", family, model, bench, out / "sft" / tag, epochs, seed=seed,
-                extra_env=ABLATION[variant])
+                extra_flags=ABLATION[variant])
             s = evaluate(st, "score", f"eval-{tag}", family, out / "sft" / tag, bench, out / "eval" / tag, "generate")
             rho[variant, seed] = {d: s[d]["spearman"] for d in DIMS}
     mean = lambda v, d: np.mean([rho[v, s][d] or 0 for s in seeds])
@@ -246,7 +290,7 @@ def run_ablation(out: Path, n: int, n_train: int, epochs: int, seeds: list[int],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cogip demo", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--families", nargs="+", default=["qwen"], choices=("qwen", "llama", "gemma"))
+    p.add_argument("--families", nargs="+", default=["qwen"], choices=tuple(FAMILIES))
     p.add_argument("--n", type=int, default=400, help="synthetic items per dimension")
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--epochs", type=int, default=40)

@@ -1,9 +1,6 @@
-"""One error type for bad input, so every entry point can print it as one line and exit non-zero; and
-how an entry point ends once its outputs are written."""
+"""One error type for bad input, so every entry point can print it as one line and exit non-zero."""
 
 from __future__ import annotations
-
-from typing import NoReturn
 
 
 class CogipError(Exception):
@@ -35,20 +32,3 @@ def require(requirement: str, why: str) -> None:
     except ImportError as e:
         found = str(e).splitlines()[0].split("but found ")[-1].rstrip(".")
         raise CogipError(f"needs {requirement} ({why}); found {found}: pip install -U '{requirement}'") from None
-
-
-def end_process(code: int) -> NoReturn:
-    """End a finished entry point's process now: streams flushed and atexit handlers run (logging,
-    multiprocessing, torch's own), then `os._exit`, without the interpreter's teardown of every module
-    and object. Its outputs are already written and closed; the teardown only frees what the OS frees
-    anyway (a model, CUDA's memory pools, the pinned host memory) and took seconds (docs/benchmarks.md)."""
-    import atexit
-    import os
-    import sys
-    atexit._run_exitfuncs()   # what a normal exit runs first (CPython's own hook; os._exit skips it)
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):   # a closed or broken pipe: nothing more to say
-            pass
-    os._exit(code)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .data.bench import append_jsonl, load_json, write_json
+from .data.layout import append_jsonl, load_json, write_json
 from .errors import CogipError, exit_code
 from .models.families import resolve_family
 
@@ -101,15 +101,25 @@ class EncoderSwap:
         return diff
 
 
-def side_by_side(a, b, prompt: str, labels=ENCODERS):
-    from PIL import Image, ImageDraw
-    w, h = a.width, a.height
-    bar = max(14, h // 12)
-    canvas = Image.new("RGB", (2 * w, h + 2 * bar), "white")
-    canvas.paste(a, (0, bar)), canvas.paste(b, (w, bar))
+def side_by_side(a, b, prompt: str, labels=ENCODERS, min_side: int = 256):
+    """The two images side by side (small ones enlarged to `min_side`, pixels kept sharp), each labelled
+    above, the prompt wrapped below: labels and prompt fit whatever the images' size."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+    scale = max(1, -(-min_side // min(a.width, a.height)))
+    if scale > 1:
+        a, b = (im.resize((im.width * scale, im.height * scale), Image.NEAREST) for im in (a, b))
+    w, h, gap = a.width, a.height, 8
+    font = ImageFont.load_default(size=max(12, min(w, h) // 18))
+    line = font.getbbox("Ag")[3] + 4
+    text = textwrap.wrap(prompt, width=max(20, int((2 * w + gap) / (0.55 * font.size))))[:4]
+    canvas = Image.new("RGB", (2 * w + gap, h + line * (2 + len(text))), "white")
+    canvas.paste(a, (0, line)), canvas.paste(b, (w + gap, line))
     d = ImageDraw.Draw(canvas)
-    d.text((4, 2), labels[0], fill="black"), d.text((w + 4, 2), labels[1], fill="black")
-    d.text((4, h + bar + 2), prompt[: max(20, 2 * w // 7)], fill="black")
+    d.text((4, 2), labels[0], fill="black", font=font), d.text((w + gap + 4, 2), labels[1], fill="black", font=font)
+    for k, t in enumerate(text):
+        d.text((4, h + line + 4 + k * line), t, fill="black", font=font)
     return canvas
 
 

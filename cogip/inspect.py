@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .data.bench import BenchItem, read_test_messages, read_training_json, test_dimension_folders
+from .data.layout import BenchItem, read_test_messages, read_training_json, test_dimension_folders
 from .data.images import open_image
 from .errors import CogipError
 from .models.families import Family, resolve_family
+from .models.families import FAMILIES
 
 
 def render(tokenizer, ids: list[int]) -> str:
@@ -104,5 +105,5 @@ def add_parser(sub) -> None:
     p.add_argument("--dim", help="with --test-dir: the dimension (default: the first folder)")
     p.add_argument("--item", type=int, default=0, help="item index (default 0)")
     p.add_argument("--image-root", help="image folder (default: the bench's cognition/cognition_images)")
-    p.add_argument("--family", choices=("qwen", "llama", "gemma"), help="default: from the model")
+    p.add_argument("--family", choices=tuple(FAMILIES), help="default: from the model")
     p.set_defaults(fn=run)

@@ -82,8 +82,13 @@ class NumberTokens:
         return cls(classes, length, value)
 
 
+PUBLISHED_ETA = 0.15     # η: the soft part of a digit's target (Llama's published recipe: 0.08)
+PUBLISHED_LAMBDA = 2.0   # λ: the numeric tokens' weight in the total
+
+
 class SoftLabelLoss(torch.nn.Module):
-    def __init__(self, numbers: NumberTokens, eta: float = 0.15, lam: float = 2.0, kernel: str = "published",
+    def __init__(self, numbers: NumberTokens, eta: float = PUBLISHED_ETA, lam: float = PUBLISHED_LAMBDA,
+                 kernel: str = "published",
                  width: float = 2.0, soft: bool = True, multidigit: bool = False):
         super().__init__()
         self.eta, self.lam, self.soft = eta, lam, soft
@@ -108,12 +113,16 @@ class SoftLabelLoss(torch.nn.Module):
             q = torch.where(is_k[:, None], (1 - self.eta) * q + self.eta * soft, q)
         return q
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """logits [N, V] at the supervised positions, targets [N] → (total, regular sum, numeric sum)."""
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, per: int | torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """logits [N, V] at the supervised positions, targets [N] → (total, regular sum, numeric sum), the total
+        (Σ regular + λ Σ numeric) / `per`: N by default; a trainer passes the supervised tokens of its whole
+        step (every micro-batch and rank), so the step's loss is the published per-token mean."""
+        per = max(targets.numel(), 1) if per is None else per
         logp = F.log_softmax(logits.float(), dim=-1)
         nll = -logp.gather(1, targets[:, None]).squeeze(1)
         if not self.soft:
-            return nll.mean(), nll.sum(), nll.new_zeros(())
+            return nll.sum() / per, nll.sum(), nll.new_zeros(())
         length = self.length[targets]
         numeric = torch.zeros_like(nll)
         for k in self.digit_counts:   # at most three classes; each one vectorised over all N tokens
@@ -125,5 +134,5 @@ class SoftLabelLoss(torch.nn.Module):
         is_number = length > 0
         regular_sum = torch.where(is_number, 0.0, nll).sum()
         numeric_sum = torch.where(is_number, numeric, 0.0).sum()
-        total = (regular_sum + self.lam * numeric_sum) / max(targets.numel(), 1)
+        total = (regular_sum + self.lam * numeric_sum) / per
         return total, regular_sum, numeric_sum

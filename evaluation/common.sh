@@ -1,31 +1,47 @@
-# Shared body of evaluation/<family>/cog_test.sh (sourced). Environment overrides:
-#   MODEL_ID (full checkpoint or LoRA adapter folder)  BASE_MODEL (an adapter's base)  FAMILY
-#   TEST_DIR (data/test_msg_file)  IMAGE_ROOT (data/cognition/cognition_images)  OUT
-#   SAMPLE_N (120 as published; 0 = all)  SEED (19)  SAMPLING (published | per-dimension)
-#   INDICES_FROM (a folder of sample_indices_<Dim>.json: score exactly those items)  BATCH_SIZE (8)  MODE (generate|expected)
-#   NUM_GPUS (auto; >1 runs data-parallel through accelerate)  DTYPE (bfloat16 on GPU)
-#   TORCHINDUCTOR_CACHE_DIR (with --compile; ${XDG_CACHE_HOME:-~/.cache}/cogip/torchinductor)
-#   Speed options go as extra arguments: --compile, --pipeline N, --num-workers N
-# Extra arguments go last to `python -m cogip.evaluate.bench` and win.
+# Shared body of evaluation/<family>/cog_test.sh (sourced): picks the launcher and passes through to
+# `cogip evaluate`; any of its options given as an argument wins (docs/evaluate.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
-MODEL_ID=${MODEL_ID:-$DEFAULT_MODEL_ID}
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  cat <<HELP
+usage: [VAR=value ...] bash evaluation/$FAMILY/cog_test.sh [cogip evaluate options]
+
+Scores a $FAMILY model on CogIP-Bench (published protocol: 120 items a dimension, seed 19) and writes
+per dimension records, metrics (Spearman, MAE, MSE) and a scatter plot, and a summary table and plot.
+
+Variables:
+  MODEL_ID      a checkpoint (hub id or folder) or a LoRA adapter folder (default: the family's base model)
+  BASE_MODEL    an adapter's base model (default: the one it records)
+  TEST_DIR      data/test_msg_file         IMAGE_ROOT  data/cognition/cognition_images
+  OUT           outputs/eval-$FAMILY-<model folder name, or base>-<mode> (rerunning into it resumes)
+  SAMPLE_N      items per dimension (120; 0 = all)   MODE  generate | expected   BATCH_SIZE (8)
+  NUM_GPUS      GPUs (default: all visible; >1 runs data-parallel)
+  MIN_PIXELS, MAX_PIXELS   Qwen's image-size bounds (default: the published 256·28², 1280·28²)
+
+Main options (every one: docs/evaluate.md, or python -m cogip evaluate --help):
+  --dims D [D ...]   a subset of Aesthetics Funniness Emotional_Valence Memorability
+  --sampling published|per-dimension, --seed N, --indices-from DIR   which items
+  --compile [vision|language|all], --pipeline N                        speed (docs/performance.md)
+  --accel off                                                          the plain loop
+HELP
+  exit 0
+fi
 SAMPLE_N=${SAMPLE_N:-120}
-args=(--model-id "$MODEL_ID" --family "$FAMILY"
+args=(--family "$FAMILY"
       --test-dir "${TEST_DIR:-$ROOT/data/test_msg_file}" --image-root "${IMAGE_ROOT:-$ROOT/data/cognition/cognition_images}"
-      --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(basename "$MODEL_ID")-${MODE:-generate}}"
-      --seed "${SEED:-19}" --sampling "${SAMPLING:-published}" --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
-      --dtype "${DTYPE:-$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)}")
+      --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(basename "${MODEL_ID:-base}")-${MODE:-generate}}"
+      --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
+      --dtype "$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)")
+[ -n "${MODEL_ID:-}" ] && args+=(--model-id "$MODEL_ID")
 [ -n "${BASE_MODEL:-}" ] && args+=(--base-model "$BASE_MODEL")
-[ -n "${INDICES_FROM:-}" ] && args+=(--indices-from "$INDICES_FROM")
+[ -n "${MIN_PIXELS:-}" ] && args+=(--min-pixels "$MIN_PIXELS")
+[ -n "${MAX_PIXELS:-}" ] && args+=(--max-pixels "$MAX_PIXELS")
 (( SAMPLE_N > 0 )) && args+=(--sample-n "$SAMPLE_N")
-args+=("${FAMILY_ARGS[@]}" "$@")
-# With --compile: inductor's cache in the user's cache folder, on a cluster usually shared by its nodes; torch's
-# default (/tmp/torchinductor_<user>) is one machine's and often goes with a cluster job. Qwen2.5-VL-7B on an H200:
-# ~6 s to compile, ~2-2.5 s from the cache (docs/benchmarks.md, twenty-first round). Entries are keyed by torch
-# version, device and graph, so machines of different kinds share the folder.
+args+=("$@")
+# inductor's cache (with --compile) in the user's cache folder, often shared by a cluster's nodes; torch's
+# default (/tmp) is one machine's. Entries are keyed by torch version, device and graph.
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/cogip/torchinductor}
 if (( NUM_GPUS > 1 )); then
-  exec "$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_GPUS" -m cogip.evaluate.bench "${args[@]}"
+  exec "$PYTHON" -m accelerate.commands.launch --num_processes "$NUM_GPUS" -m cogip evaluate "${args[@]}"
 fi
-exec "$PYTHON" -m cogip.evaluate.bench "${args[@]}"
+exec "$PYTHON" -m cogip evaluate "${args[@]}"

@@ -7,8 +7,27 @@
 # Extra arguments go to every `cogip.generate` call (e.g. --device cpu --no-combined).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  cat <<'HELP'
+usage: ALIGNED=MODEL [VAR=value ...] bash qwen-image/run_batch.sh [cogip generate options]
+
+Generates each trait's prompts (qwen-image/prompts/*.json) with Qwen-Image's default text encoder and with the
+aligned one (a fine-tuned Qwen2.5-VL), the same seeds, side by side; optionally scores every image.
+
+Variables:
+  ALIGNED       the fine-tuned Qwen2.5-VL checkpoint or LoRA adapter folder (required)
+  ALIGNED_BASE  an adapter's base model (default: the one it records)
+  PIPELINE      the Qwen-Image pipeline (Qwen/Qwen-Image)      OUT  outputs/qwen-image
+  TRAITS        "aesthetics funniness emotion memorability"     PROMPT_DIR  qwen-image/prompts
+  SEED (55) SIZE (768) STEPS (14) TRUE_CFG (2.0) IMAGES_PER_PROMPT (1) DTYPE (bfloat16)
+  SCORE_WITH    a benchmark model: score every image on its trait (SCORE_PROMPT full | short)
+
+Main options (every one: docs/generate.md): --device cpu, --no-combined, --published-settings
+HELP
+  exit 0
+fi
 source "$HERE/../scripts/lib.sh"
-: "${ALIGNED:?set ALIGNED to the fine-tuned Qwen2.5-VL checkpoint or adapter folder}"
+: "${ALIGNED:?set ALIGNED to the fine-tuned Qwen2.5-VL checkpoint or adapter folder (--help)}"
 OUT=${OUT:-$ROOT/outputs/qwen-image}
 declare -A TRAIT=([aesthetics]=Aesthetics [funniness]=Funniness [emotion]=Emotional_Valence [memorability]=Memorability)
 for set in ${TRAITS:-aesthetics funniness emotion memorability}; do

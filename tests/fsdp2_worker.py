@@ -21,7 +21,7 @@ from torch.distributed.tensor import DTensor
 
 from transformers import TrainingArguments
 
-from cogip.models.blocks import fsdp_wrap_blocks
+from cogip.accel.blocks import fsdp_wrap_blocks
 from cogip.models.families import get_family
 from cogip.train.data import SFTCollator, load_sft_dataset
 from cogip.train.sft import ModelArguments, prepare_trainable

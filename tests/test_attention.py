@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cogip.models import attention
+from cogip.accel import attention
 from cogip.models.families import FAMILIES
 
 
@@ -306,7 +306,7 @@ def test_vision_blocks_compiled_dynamic_compile_once_whatever_the_first_batch(ti
 def test_matmul_patch_embed_matches_the_conv_in_values_and_gradients(tiny_models, monkeypatch):
     """Qwen's Conv3d patch embedding run as one matrix product: the same vision output and weight
     gradient as the convolution; other input shapes still go through the convolution itself."""
-    from cogip.models.vision_matmuls import use_matmul_patch_embed
+    from cogip.accel.vision_matmuls import use_matmul_patch_embed
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=112 * 112)
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (112, 84, 3), dtype=np.uint8))
@@ -340,7 +340,7 @@ def test_padded_vision_mlp_matches_the_unpadded_in_values_and_gradients(tiny_mod
     """Qwen's vision MLP (width 60 here, no multiple of 8, as the real 3420) run with zero-padded
     weights: the same logits and vision gradients as transformers' own MLP, and the padded products
     (width 64) are what runs."""
-    from cogip.models import vision_matmuls
+    from cogip.accel import vision_matmuls
     fam = FAMILIES["qwen"]
     proc = fam.load_processor(tiny_models["qwen"], min_pixels=56 * 56, max_pixels=112 * 112)
     proc.tokenizer.padding_side = "left"

@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from cogip.data.bench import (BenchPaths, load_json, read_score_list, read_test_messages, read_test_split,
+from cogip.data.layout import (BenchPaths, load_json, read_score_list, read_test_messages, read_test_split,
                               read_training_json)
 from cogip.data.build import build_bench
 from cogip.data.validate import validate_bench

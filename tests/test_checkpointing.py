@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from cogip.errors import CogipError
-from cogip.models import blocks as checkpointing
+from cogip.accel import blocks as checkpointing
 from cogip.models.families import FAMILIES
 from cogip.train.data import SFTCollator
 from cogip.train.sft import ModelArguments, prepare_trainable
@@ -197,7 +197,7 @@ class _OpCounts(torch.utils._python_dispatch.TorchDispatchMode):
 def test_kept_attention_is_not_recomputed(tiny_models, family, part, tmp_path):
     """Selective checkpointing (`keep="attention"`): each checkpointed block's attention runs once, in the
     forward, instead of again in the recomputation; the gradients stay those of plain checkpointing."""
-    from cogip.models.attention import use_fast_vision_attention
+    from cogip.accel.attention import use_fast_vision_attention
     fam = FAMILIES[family]
     batch = _batch(fam, fam.load_processor(tiny_models[family]), tmp_path)
     runs = {}

@@ -15,14 +15,26 @@ import torch
 from PIL import Image
 from scipy.stats import spearmanr
 
-from cogip.data.bench import read_test_messages
+from cogip.data.layout import read_test_messages
 from cogip.data.images import open_image
 from cogip.dims import get_dimension
-from cogip.evaluate.bench import plan_samples, read_records, read_sample_indices, run_benchmark, sample_indices
+from cogip.accel import private
+from cogip.accel.scoring import FastEngine, ScoringOptions, speed_up
+from cogip.evaluate import loop
+from cogip.evaluate.loop import LoopOptions, plan_samples, read_records, read_sample_indices, sample_indices
 from cogip.evaluate.scorer import Scorer, ScorerLoading
 from cogip.train.sft import run as train
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(scorer, test_dir, image_root, out, dims=None, sample_n=None, seed=19, batch_size=8, mode="generate",
+                  accelerator=None, sampling="published", indices_from=None, accel=True, run_info=None, **speed):
+    """The loop with cogip.accel's engine (accel=True, its options as keywords) or the plain one."""
+    options = LoopOptions(str(test_dir), str(image_root), str(out), dims, sample_n, seed, sampling, indices_from,
+                          batch_size, mode, run_info or {})
+    engine = FastEngine(ScoringOptions(**speed)) if accel else None
+    return loop.run_benchmark(scorer, options, engine, accelerator)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +51,7 @@ def trained(tiny_models, synth_bench, tmp_path_factory):
                "--tune_mode", "full", "--max_steps", str(steps), "--per_device_train_batch_size", "8",
                "--learning_rate", "3e-3", "--vision_lr", "3e-3", "--merger_lr", "3e-3", "--warmup_steps", "0.05",
                "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True", "--seed", "1",
-               "--soft_kernel", "narrow-triangle"])
+               "--soft_kernel", "narrow-triangle", "--min_pixels", "7056", "--max_pixels", "7056"])
         out[family] = folder
     return out
 
@@ -220,12 +232,9 @@ def test_cog_test_scores_the_items_of_an_earlier_run(trained, synth_bench, tmp_p
 class Interrupting:
     """A scorer that is 'killed' after a number of batches."""
 
-    answer_stream, _answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_stream, Scorer._answer_threads
-    _attention_backends = Scorer._attention_backends
-
     def __init__(self, scorer, batches):
         self.scorer, self.left, self.prepare, self.model = scorer, batches, scorer.prepare, scorer.model
-        self.compiled, self._compiling, self.cudnn_attention = False, False, False
+        self.family, self.pipeline = scorer.family, None
 
     def answer_prepared(self, *args):
         if self.left == 0:
@@ -299,7 +308,7 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
 def test_data_parallel_evaluation_in_two_processes(trained, synth_bench, tmp_path):
     """Two gloo processes (torchrun on the CPU): each answers its share into its own records file, rank 0
     gathers them, and the metrics are the one-process run's; both processes exit cleanly."""
-    args = ["-m", "cogip.evaluate.bench", "--model-id", str(trained["qwen"]), "--test-dir",
+    args = ["-m", "cogip.evaluate.loop", "--model-id", str(trained["qwen"]), "--test-dir",
             str(synth_bench / "test_msg_file"), "--image-root", str(synth_bench / "cognition/cognition_images"),
             "--dims", "Aesthetics", "Funniness", "--batch-size", "3", "--mode", "expected", "--dtype", "float32",
             "--min-pixels", "7056", "--max-pixels", "7056"]
@@ -321,7 +330,7 @@ def test_data_parallel_evaluation_in_two_processes(trained, synth_bench, tmp_pat
 def test_processes_that_do_not_see_each_other_stop(tmp_path, monkeypatch, capsys):
     """A launch of two processes that accelerate runs as one each would answer every item into the same files."""
     import accelerate
-    from cogip.evaluate import bench
+    from cogip.evaluate import cli
 
     class Alone:
         num_processes, device = 1, "cpu"
@@ -331,7 +340,7 @@ def test_processes_that_do_not_see_each_other_stop(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(accelerate, "PartialState", Alone)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert bench.main(["--model-id", "unused", "--out", str(tmp_path / "out")]) == 2
+    assert cli.main(["--model-id", "unused", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "launched as one of 2 processes, but accelerate runs 1" in err, err
     assert not (tmp_path / "out").exists()
@@ -340,12 +349,9 @@ def test_processes_that_do_not_see_each_other_stop(tmp_path, monkeypatch, capsys
 class Counting:
     """A scorer that records each batch it answers: (batch size, dimension names)."""
 
-    answer_stream, _answer_stream, _answer_threads = Scorer.answer_stream, Scorer._answer_stream, Scorer._answer_threads
-    _attention_backends = Scorer._attention_backends
-
     def __init__(self, scorer):
         self.scorer, self.prepare, self.model, self.calls = scorer, scorer.prepare, scorer.model, []
-        self.compiled, self._compiling, self.cudnn_attention = False, False, False
+        self.family, self.pipeline = scorer.family, None
 
     def answer_prepared(self, batch, dims, mode):
         answers = self.scorer.answer_prepared(batch, dims, mode)
@@ -384,7 +390,7 @@ def test_batches_hold_items_of_like_length(trained, synth_bench, tmp_path):
     """Real images differ in size, and a batch pads each item to its longest: items now run longest first,
     so like lengths share a batch. `prepare.length` is each item's exact sequence length, and the records are
     the same items with the same answers as batches of one, which pad nothing."""
-    from cogip.data.bench import read_test_messages
+    from cogip.data.layout import read_test_messages
     bench = _broken(synth_bench, tmp_path)
     images = bench / "cognition/cognition_images"
     rng = np.random.default_rng(0)
@@ -545,7 +551,7 @@ def test_expected_mode_reads_a_number_after_an_id_the_tokenizer_lacks(tiny_model
 
 
 def test_pinned_pool_growth_in_timing():
-    from cogip.evaluate.bench import _pinned_growth
+    from cogip.accel.scoring import _pinned_growth
     before = {"num_host_alloc": 3, "host_alloc_time.total": 1_000_000, "allocated_bytes.current": 2 ** 29}
     after = {"num_host_alloc": 10, "host_alloc_time.total": 3_500_000, "allocated_bytes.current": 2 ** 31}
     assert _pinned_growth(before, after) == {"pinned_new_blocks": 7, "pinned_alloc_s": 2.5, "pinned_pool_gib": 2.0}
@@ -555,7 +561,7 @@ def test_pinned_pool_growth_in_timing():
 def test_fast_pinning_joins_the_users_allocator_settings(monkeypatch):
     """On a GPU the loader's pinned blocks are page-locked by cudaHostRegister over 8 threads, added to
     whatever allocator settings the user has; settings that already say how to pin are left alone."""
-    from cogip.evaluate.bench import FAST_PINNING, _host_register, use_fast_pinning
+    from cogip.accel.scoring import FAST_PINNING, _host_register, use_fast_pinning
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     env = {}
     assert use_fast_pinning(env) and env == {"PYTORCH_CUDA_ALLOC_CONF": FAST_PINNING}
@@ -609,17 +615,17 @@ def test_concurrent_batches_match_sequential(trained, synth_bench, mode):
                for n, (d, ps) in enumerate(jobs)]
     assert len({b["input_ids"].shape[1] for b, _ in batches}) >= 3
     stream = lambda: ((n, b, d, mode) for n, (b, d) in enumerate(batches))
-    alone = list(scorer.answer_stream(stream(), depth=1))
+    alone = list(speed_up(scorer).answer_stream(stream(), depth=1))
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-5)   # the threads interleave often
     try:
-        together = list(scorer.answer_stream(stream(), depth=3))
+        together = list(speed_up(scorer).answer_stream(stream(), depth=3))
     finally:
         sys.setswitchinterval(interval)
     assert [n for n, _ in together] == list(range(len(batches)))
     assert together == alone
-    threads = scorer._pool
-    assert list(scorer.answer_stream(stream(), depth=3)) == alone and scorer._pool is threads   # kept
+    threads = scorer.pipeline._pool
+    assert list(speed_up(scorer).answer_stream(stream(), depth=3)) == alone and scorer.pipeline._pool is threads   # kept
     if mode == "expected":
         # real expected values compared, not only parse failures (the tiny model parses a few of its 12 answers;
         # which ones moves with any change in rounding during its training)
@@ -647,20 +653,19 @@ def _stream_timed(scorer, batches, index_of, depth=3):
     """`scorer.answer_stream` over `batches`, each answer held 0.2 s (long enough that batches in flight together
     overlap) and timed: (answers in job order, {job: (start, end, frames traced meanwhile)})."""
     import time
-    from cogip.evaluate.scorer import _frames_traced
-    spans, real = {}, scorer.answer_prepared
+        spans, real = {}, scorer.answer_prepared
 
     def timed(batch, dim, mode):
         j = index_of(batch)
-        start, traced = time.perf_counter(), _frames_traced()
+        start, traced = time.perf_counter(), private.frames_traced()
         time.sleep(0.2)
         out = real(batch, dim, mode)
-        spans[j] = (start, time.perf_counter(), _frames_traced() - traced)
+        spans[j] = (start, time.perf_counter(), private.frames_traced() - traced)
         return out
 
     scorer.answer_prepared = timed
     try:
-        return list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth)), spans
+        return list(speed_up(scorer).answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth)), spans
     finally:
         scorer.answer_prepared = real
 
@@ -686,10 +691,9 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
     overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced.
     A batch of a shape already run goes in flight before that, and a new shape after it still compiles."""
     import torch._dynamo
-    from cogip.evaluate.scorer import _frames_traced
-    torch._dynamo.reset()
-    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224,
-                         compile="vision", compile_dynamic=None)   # torch's default: static graphs, then dynamic
+        torch._dynamo.reset()
+    scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
+    speed_up(scorer, "vision", compile_dynamic=None)   # torch's default: static graphs, then dynamic
     batches = _batches_of_new_sizes(scorer, 9, seed=0)
     batches.insert(1, batches[0])   # the first shape again: in flight while the compiled parts still compile
     job, seen = {id(b): j for j, b in reversed(list(enumerate(batches)))}, set()
@@ -711,9 +715,9 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
             assert not any(_overlap(spans, j, k) for k in spans if k != j)
         assert all(t == 0 for t in traced[settled:])      # in flight: nothing traced
         assert any(_overlap(spans, a, b) for a in range(settled + 1, len(batches)) for b in range(a + 1, len(batches)))
-        compiled = _frames_traced()
-        sequential = list(scorer.answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=1))
-        assert _frames_traced() == compiled   # every batch found compiled code: none ran uncompiled for want of it
+        compiled = private.frames_traced()
+        sequential = list(speed_up(scorer).answer_stream(((j, b, "Aesthetics", "generate") for j, b in enumerate(batches)), depth=1))
+        assert private.frames_traced() == compiled   # every batch found compiled code: none ran uncompiled for want of it
         assert [[x.text for x in a] for _, a in got] == [[x.text for x in a] for _, a in sequential]
     finally:
         torch._dynamo.reset()
@@ -725,7 +729,8 @@ def test_vision_blocks_compiled_dynamic_compile_once_for_images_of_varied_sizes(
     import torch._dynamo
     torch._dynamo.reset()
     bounds = dict(max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
-    scorer = Scorer.load(str(trained["qwen"]), compile="vision", **bounds)
+    scorer = Scorer.load(str(trained["qwen"]), **bounds)
+    speed_up(scorer, "vision")
     batches = _batches_of_new_sizes(scorer, 6, seed=1)
     try:
         got, spans = _stream_timed(scorer, batches, lambda batch: next(i for i, b in enumerate(batches) if b is batch))
@@ -797,9 +802,31 @@ def test_bad_input_one_line_nothing_written(trained, tiny_models, synth_bench, t
 def test_end_process_runs_exit_handlers_and_flushes_before_ending():
     # cog_test.sh's process ends through end_process (os._exit): what a normal exit does first must still happen,
     # the atexit handlers in order and the buffered output of a piped stdout, with the exit status kept
-    code = ("import atexit, sys; from cogip.errors import end_process; "
+    code = ("import atexit, sys; from cogip.accel.private import end_process; "
             "atexit.register(lambda: print('second', flush=False)); atexit.register(lambda: print('first', end=' ')); "
             "print('answers', end=' '); sys.stderr.write('note'); end_process(3)")
     buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}   # as a plain shell runs it
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=buffered)
     assert (run.returncode, run.stdout, run.stderr) == (3, "answers first second\n", "note")
+
+
+@pytest.mark.parametrize("family", ["qwen", "llama", "gemma"])
+def test_accel_off_and_on_give_the_same_answers(trained, synth_bench, tmp_path, family):
+    """cogip.accel's engine (faster kernels, loader workers, batches in flight, longest first) against the plain
+    loop (`--accel off`): the same answers and scores, item by item (batches of other compositions: scores up
+    to float rounding), and the same metrics."""
+    kw = dict(test_dir=synth_bench / "test_msg_file", image_root=synth_bench / "cognition/cognition_images",
+              dims=["Aesthetics", "Emotional_Valence"], batch_size=4, mode="expected")
+    off = run_benchmark(Scorer.load(str(trained[family])), out=tmp_path / "off", accel=False, **kw)
+    on = run_benchmark(Scorer.load(str(trained[family])), out=tmp_path / "on", num_workers=2, pipeline=2, **kw)
+    assert json.loads((tmp_path / "off" / "timing.json").read_text())["accel"] == "off"
+    for dim in kw["dims"]:
+        plain, fast = read_records(tmp_path / "off" / dim), read_records(tmp_path / "on" / dim)
+        assert sorted(plain) == sorted(fast) == list(range(8))
+        assert [plain[i]["answer"] for i in plain] == [fast[i]["answer"] for i in plain]
+        assert sum(plain[i]["ok"] for i in plain) >= 4   # a real comparison: most answers parse
+        for i in plain:
+            assert fast[i]["score"] == pytest.approx(plain[i]["score"], abs=1e-3), (dim, i)
+        assert on[dim]["n"] == off[dim]["n"] and on[dim]["parse_rate"] == off[dim]["parse_rate"]
+        if off[dim]["spearman"] is not None:
+            assert on[dim]["spearman"] == pytest.approx(off[dim]["spearman"], abs=1e-3)

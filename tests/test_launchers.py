@@ -50,3 +50,34 @@ def test_torch_is_asked_where_nvidia_smi_cannot_tell(tmp_path, listing, env):
 
 def test_a_given_num_gpus_is_kept(tmp_path):
     assert num_gpus(tmp_path, FOUR_GPUS, NUM_GPUS="2") == "2"
+
+
+@pytest.mark.parametrize("script, names", [
+    ("evaluation/qwen/cog_test.sh", ["MODEL_ID", "TEST_DIR", "IMAGE_ROOT", "SAMPLE_N", "MODE", "docs/evaluate.md"]),
+    ("evaluation/llama/cog_test.sh", ["MODEL_ID", "--accel off", "docs/evaluate.md"]),
+    ("sft/gemma/finetune_lora.sh", ["MODEL_ID", "DATA_PATH", "IMAGE_ROOT", "OUT", "NUM_GPUS", "--soft-kernel",
+                                    "docs/train.md"]),
+    ("qwen-image/run_batch.sh", ["ALIGNED", "PIPELINE", "TRAITS", "docs/generate.md"]),
+])
+def test_launcher_help_is_short_and_names_its_variables(script, names):
+    """--help: the launcher's variables, its main options and a link to the reference, in one screen, and
+    nothing needed first (run_batch.sh's ALIGNED included)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ALIGNED", "MODEL_ID")}
+    run = subprocess.run(["bash", ROOT / script, "--help"], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("usage:") and len(lines) < 40
+    for name in names:
+        assert name in run.stdout, name
+
+
+def test_cogip_subcommands_exist():
+    """The entry points the launchers call are real `cogip` subcommands, each with its own usage line."""
+    import sys
+    for command in ("evaluate", "train", "generate", "inspect"):
+        run = subprocess.run([sys.executable, "-m", "cogip", command, "--help"], capture_output=True, text=True,
+                             cwd=ROOT)
+        assert run.returncode == 0, run.stderr[-500:]
+        assert f"usage: cogip {command}" in run.stdout
+    listing = subprocess.run([sys.executable, "-m", "cogip", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert all(c in listing.stdout for c in ("evaluate", "train", "generate", "inspect", "data", "models"))

@@ -76,7 +76,7 @@ def test_family_lookup():
 
 
 def test_profile_timeline_unions_overlapping_intervals():
-    from cogip.profiling import _union_ns, timeline
+    from cogip.accel.profiling import _union_ns, timeline
     assert _union_ns([(0, 10), (5, 20), (30, 40), (35, 38)]) == 30   # 0-20 and 30-40
     assert _union_ns([]) == 0
     from torch.profiler import ProfilerActivity, profile
@@ -89,7 +89,7 @@ def test_profile_timeline_unions_overlapping_intervals():
 
 def test_sdpa_backends_are_switched_process_wide_and_bad_names_fail():
     from cogip.errors import CogipError
-    from cogip.models.attention import allow_sdpa_backends
+    from cogip.accel.attention import allow_sdpa_backends
     flags = torch.backends.cuda
     try:
         assert allow_sdpa_backends("flash, efficient") == ["flash", "efficient"]
@@ -104,7 +104,7 @@ def test_sdpa_backends_are_switched_process_wide_and_bad_names_fail():
 
 def test_gc_pauses_count_collections_only_while_active():
     import gc
-    from cogip.profiling import GCPauses
+    from cogip.accel.profiling import GCPauses
     with GCPauses() as pauses:
         gc.collect(2)
         gc.collect(0)
@@ -118,7 +118,7 @@ def test_host_stacks_charge_time_to_the_frames_that_spend_it():
     import sys
     import threading
     import time
-    from cogip.profiling import HostStacks
+    from cogip.accel.profiling import HostStacks
 
     def waiting(seconds):   # blocked in C (the interpreter lock released), as in a device synchronisation
         time.sleep(seconds)

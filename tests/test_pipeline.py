@@ -1,5 +1,5 @@
 """The scorer's speed paths are exact: per-call model state kept per thread (batches answered
-concurrently, `Scorer.answer_stream`), pixels prepared in the model's dtype."""
+concurrently, `cogip.accel.scoring.Pipeline`), pixels prepared in the model's dtype."""
 
 import threading
 
@@ -10,7 +10,8 @@ from PIL import Image
 
 from cogip.dims import get_dimension
 
-from cogip.evaluate.scorer import Scorer, _per_thread_state
+from cogip.accel.scoring import per_thread_state as _per_thread_state
+from cogip.evaluate.scorer import Scorer
 from cogip.models.families import FAMILIES
 
 

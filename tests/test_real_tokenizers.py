@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from cogip.data.bench import read_training_json
+from cogip.data.layout import read_training_json
 from cogip.dims import get_dimension
 from cogip.evaluate.scorer import Answer, BatchPreparer, Scorer
 from cogip.loss import NumberTokens, SoftLabelLoss

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _env(model, bench, out, **extra):
     env = dict(os.environ, MODEL_ID=str(model), DATA_PATH=str(bench / "cognition_training.json"),
                IMAGE_FOLDER=str(bench / "cognition/cognition_images"), OUTPUT_DIR=str(out), NUM_GPUS="0",
-               GLOBAL_BATCH="8", PER_DEVICE_BATCH="8", REPORT_TO="none", MIN_PIXELS="7056", MAX_PIXELS="7056")
+               GLOBAL_BATCH="8", PER_DEVICE_BATCH="8", MIN_PIXELS="7056", MAX_PIXELS="7056")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -86,7 +86,7 @@ def _args(model, bench, out, *extra):
             "--image_folder", str(bench / "cognition/cognition_images"), "--output_dir", str(out),
             "--max_steps", "6", "--per_device_train_batch_size", "4", "--learning_rate", "5e-3",
             "--save_steps", "3", "--logging_steps", "1", "--report_to", "none", "--use_cpu", "True",
-            "--seed", "7", "--lr_scheduler_type", "cosine", *extra]
+            "--seed", "7", "--lr_scheduler_type", "cosine", "--min_pixels", "7056", "--max_pixels", "7056", *extra]
 
 
 def _weights(folder):
@@ -149,7 +149,7 @@ class BlockProbe(TrainerCallback):
         self.seen = None
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        from cogip.models.blocks import repeated_blocks
+        from cogip.accel.blocks import repeated_blocks
         if self.seen is None:
             self.seen = {}
             for _, block, part in repeated_blocks(model, FAMILIES["llama"]):
@@ -167,11 +167,14 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
               "--profile_step", "3"), callbacks=[probe])
     assert probe.seen == {"language": {False}, "vision": {True}, "kept": {True}}   # Mllama's vision layers included
     info = json.loads((tmp_path / "parts" / "cogip_train.json").read_text())
-    assert info["model"]["checkpoint_parts"] == "vision" and info["model"]["checkpoint_keep"] == "attention"
+    assert info["accel"]["checkpoint_parts"] == "vision" and info["accel"]["checkpoint_keep"] == "attention"
     assert info["kernels"] == "transformers"
     speed = info["throughput"]
-    assert speed["steps_timed"] == 2 and speed["samples_per_s"] == pytest.approx(
+    assert speed["steps_timed"] == 2 and speed["median_step_samples_per_s"] == pytest.approx(
         speed["samples_per_step"] / speed["median_step_s"], rel=1e-2)
+    # over the run: every step's samples over training's wall time, which holds more than the median steps
+    assert speed["steps"] == 4 and speed["samples_per_s"] == pytest.approx(4 * 8 / speed["train_s"], rel=1e-2)
+    assert speed["train_s"] > 2 * speed["median_step_s"]
     report = (tmp_path / "parts" / "profile_rank0.txt").read_text()
     assert report.startswith("step 3, rank 0/1")
     timeline = json.loads(report.split("timeline: ", 1)[1].split("\n\n", 1)[0])
@@ -191,26 +194,52 @@ def test_checkpoint_parts_and_throughput_record(tiny_models, synth_bench, tmp_pa
                   str(ROOT / "sft" / "fsdp" / "fsdp2.json")))
 
 
-@pytest.mark.parametrize("family,gpus,env,expected", [
-    ("llama", 1, {}, "language"), ("llama", 1, {"GRAPH_PARTS": "none"}, "none"),
-    ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}, "language"), ("qwen", 1, {}, "none"),
-    ("qwen", 1, {"GRAPH_PARTS": "language"}, "language"), ("gemma", 1, {}, "none"), ("gemma", 2, {}, "none")])
-def test_gpu_launcher_defaults(tmp_path, family, gpus, env, expected):
+@pytest.mark.parametrize("family,gpus,env", [
+    ("llama", 1, {}), ("llama", 2, {"LAUNCHER": "torchrun", "MASTER_PORT": "29610"}), ("qwen", 1, {}),
+    ("gemma", 1, {}), ("gemma", 2, {})])
+def test_gpu_launcher_defaults(tmp_path, family, gpus, env):
     # the GPU branch of sft/common.sh, its command printed instead of run
     run = subprocess.run(["bash", ROOT / "sft" / family / "finetune_lora.sh"], capture_output=True, text=True,
                          env={**os.environ, "PYTHON": "echo", "NUM_GPUS": str(gpus), "LAUNCHER": "python",
-                              "OUTPUT_DIR": str(tmp_path), **env})
+                              "OUT": str(tmp_path), **env})
     assert run.returncode == 0, run.stderr
     args = run.stdout.split()
     if env.get("LAUNCHER") == "torchrun":   # a second run on the same host rendezvous elsewhere
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
-    assert args[args.index("--graph_parts") + 1] == expected
-    # a family default steps aside where graphs cannot run; a value the user set fails there instead
-    assert args[args.index("--graph_parts_fallback") + 1] == ("False" if "GRAPH_PARTS" in env else "True")
+    # the published recipe, then the GPU settings, shared and the family's where it has them
+    recipes = args[args.index("--recipe") + 1:args.index("--data_path")]
+    expected = ["recipe.yaml", f"{family}/recipe.yaml", "gpu.yaml"] + ([f"{family}/gpu.yaml"] if family != "qwen" else [])
+    assert recipes == [str(ROOT / "sft" / r) for r in expected]
     # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
     one_gpu_zero = family == "qwen"
     assert deepspeed == (str(ROOT / "sft" / "deepspeed" / "zero2.json") if gpus > 1 or one_gpu_zero else None)
+
+
+def test_recipes_hold_each_published_value_once(tmp_path):
+    """The recipe files read as the launchers read them: the published values, each from one place (the option
+    defaults, or the one recipe file that holds it), and a key that is no option is one line naming the file."""
+    from transformers import HfArgumentParser, TrainingArguments
+    from cogip.accel.training import AccelArguments
+    from cogip.train.sft import DataArguments, LossArguments, ModelArguments, read_recipes
+    parse = lambda *files: HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments,
+                                             TrainingArguments))
+    for family, lr, beta2, eta in (("qwen", 3e-5, 0.999, 0.15), ("llama", 9e-5, 0.95, 0.08), ("gemma", 1e-5, 0.95, 0.15)):
+        parser = parse()
+        argv = read_recipes(parser, ["--recipe", str(ROOT / "sft/recipe.yaml"), str(ROOT / f"sft/{family}/recipe.yaml"),
+                                     str(ROOT / "sft/gpu.yaml"), "--output_dir", str(tmp_path), "--use_cpu", "True"])
+        m, _, loss, accel, t = parser.parse_args_into_dataclasses(argv)
+        assert (m.family, t.learning_rate, t.adam_beta2, loss.soft_eta, loss.soft_lambda) == (family, lr, beta2, eta, 2.0)
+        assert (m.lora_r, m.lora_alpha, m.vision_lr, m.merger_lr, t.weight_decay, t.lr_scheduler_type) == (
+            64, 64, 2e-6, 1e-5, 0.1, "cosine")
+        assert t.bf16 and t.activation_checkpointing and accel.accel == "on"
+    texts = {p: p.read_text() for p in (ROOT / "sft").rglob("*.yaml")}
+    for key in ("soft_lambda", "vision_lr:", "lora_r", "min_pixels"):   # defaults of the options, not recipe lines
+        assert [str(p) for p, t in texts.items() if key in t and "grpo" not in p.name] == [], key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rat: 1e-5\n")
+    with pytest.raises(CogipError, match="bad.yaml: 'learning_rat' is not an option of cogip train"):
+        read_recipes(parse(), ["--recipe", str(bad)])
 
 
 class ModelProbe(TrainerCallback):
@@ -233,7 +262,7 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
     """Llama's language blocks compiled whole for CUDA graphs (on a CPU: compiled, no graphs): the same
     losses as eager over accumulated micro-batches, sequences padded to a multiple of 64, the trained
     parameters' gradients copied out of the graphs' outputs; bad combinations are one error line."""
-    from cogip.models.blocks import GRAPH_PAD_MULTIPLE, repeated_blocks
+    from cogip.accel.blocks import GRAPH_PAD_MULTIPLE, repeated_blocks
     from cogip.train.data import SFTCollator
     from torch._dynamo.utils import counters
     runs, graphs_before = {}, counters["stats"]["unique_graphs"]
@@ -267,7 +296,7 @@ def test_graph_parts_train_like_eager(tiny_models, synth_bench, tmp_path):
 
 def _language_gradients_copied(model) -> list[bool]:
     """For each trained parameter of Llama's language blocks: whether its gradient gets copied (a hook)."""
-    from cogip.models.blocks import repeated_blocks
+    from cogip.accel.blocks import repeated_blocks
     return [bool(p._backward_hooks) for _, b, part in repeated_blocks(model, FAMILIES["llama"]) if part == "language"
             for p in b.parameters() if p.requires_grad]
 
@@ -275,7 +304,7 @@ def _language_gradients_copied(model) -> list[bool]:
 def test_graphed_gradients_copied_only_when_accumulating(tiny_models):
     """Copies of a graphed block's parameter gradients (which its next replay overwrites) are made only where
     micro-batches accumulate into them; otherwise the optimizer consumes them first."""
-    from cogip.models.blocks import graph_blocks
+    from cogip.accel.blocks import graph_blocks
     from cogip.train.sft import ModelArguments, prepare_trainable
     fam = FAMILIES["llama"]
     for accumulate in (False, True):
@@ -291,7 +320,10 @@ def test_graph_parts_refused_where_they_cannot_run(capsys):
     --graph_parts_fallback one printed line and no graphs; gradient accumulation is allowed (the graphed blocks'
     gradients are copied: test_graphed_gradients_copied_only_when_accumulating)."""
     from transformers import TrainingArguments
-    from cogip.train.sft import ModelArguments, graph_parts_that_run
+    from cogip.accel.training import AccelArguments, TrainingAccel
+    llama = FAMILIES["llama"]
+    graph_parts_that_run = lambda options, targs: TrainingAccel(options, llama, targs).graphed
+    ModelArguments = AccelArguments
     targs = TrainingArguments(output_dir="unused", use_cpu=True, activation_checkpointing=True, report_to=[])
     assert graph_parts_that_run(ModelArguments(graph_parts="language", checkpoint_parts="vision"), targs) == {"language"}
     for parts in ("all", "language=1"):
@@ -326,7 +358,7 @@ def test_one_process_on_a_multi_gpu_node_trains_its_own_batch(tiny_models, synth
 
 @pytest.mark.parametrize("cast", [True, False])
 def test_vision_norm_cast_is_on_by_default(tiny_models, synth_bench, tmp_path, cast):
-    from cogip.models.blocks import repeated_blocks
+    from cogip.accel.blocks import repeated_blocks
     probe = ModelProbe()
     run(_args(tiny_models["gemma"], synth_bench, tmp_path, "--max_steps", "1", "--save_strategy", "no",
               *([] if cast else ["--cast_vision_norms", "False"])), callbacks=[probe])
@@ -336,7 +368,7 @@ def test_vision_norm_cast_is_on_by_default(tiny_models, synth_bench, tmp_path, c
 
 
 def test_block_timeline_of_one_step(tiny_models, synth_bench, tmp_path):
-    from cogip.models.blocks import repeated_blocks
+    from cogip.accel.blocks import repeated_blocks
     probe = ModelProbe()
     run(_args(tiny_models["qwen"], synth_bench, tmp_path / "tl", "--activation_checkpointing", "True",
               "--checkpoint_parts", "vision", "--max_steps", "3", "--save_strategy", "no", "--timeline_step", "2"),
@@ -516,3 +548,18 @@ def test_what_trains_under_each_tuning_option(tiny_models, synth_bench, tmp_path
         after = load_file(saved)
         assert all(torch.equal(before[k], after[k]) for k in before if fam.param_group(k) == "language")
         assert any(not torch.equal(before[k], after[k]) for k in before if fam.param_group(k) == "vision")
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_accel_off_and_on_train_the_same_losses(tiny_models, synth_bench, tmp_path, family):
+    """cogip.accel's training path (faster attention and matmuls, vision norms, checkpointing by part) against
+    the plain transformers/PEFT path (`--accel off`): the same losses step by step, to float tolerance."""
+    losses = {}
+    for accel in ("off", "on"):
+        probe = LossProbe()
+        run(_args(tiny_models[family], synth_bench, tmp_path / accel, "--max_steps", "3", "--save_strategy", "no",
+                  "--logging_steps", "1", "--accel", accel), callbacks=[probe])
+        losses[accel] = probe.losses
+    assert len(losses["on"]) == 3 and losses["on"][0] > 0
+    assert losses["on"] == pytest.approx(losses["off"], rel=1e-4)
+    assert losses["on"][0] != losses["on"][2]   # it trained: the comparison is over changing weights

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from ..dims import DIMENSION_NAMES, get_dimension
 from ..errors import CogipError
-from .bench import BenchPaths, load_json, read_score_list, strip_image_tag, write_json
+from .layout import BenchPaths, load_json, read_score_list, strip_image_tag, write_json
 
 
 def _verbatim_prompts(source: Path) -> tuple[dict, dict]:

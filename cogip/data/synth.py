@@ -25,7 +25,7 @@ from tqdm.contrib.concurrent import process_map
 
 from ..dims import DIMENSION_NAMES, Dimension, get_dimension
 from ..errors import CogipError
-from .bench import BenchPaths, read_score_list, write_atomic
+from .layout import BenchPaths, read_score_list, write_atomic
 from .build import build_bench
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..dims import DIMENSION_NAMES
 from ..errors import CogipError
-from .bench import BenchPaths, read_score_list, read_test_messages, read_training_json, test_dimension_folders
+from .layout import BenchPaths, read_score_list, read_test_messages, read_training_json, test_dimension_folders
 from .images import check_images
 
 

@@ -1,7 +1,8 @@
-"""The one model-adapter interface (lmms-eval style): what differs between the three families.
+"""The one model-adapter interface (lmms-eval style): what differs between the model families.
 
-Everything else (data, loss, trainer, benchmark loop, generation swap) is family-agnostic and
-talks to a model only through a `Family`.
+Everything else (data, loss, trainer, benchmark loop, generation swap) is family-agnostic and talks to a
+model only through a `Family`. A family is one entry of `FAMILIES` below; to add one, add its entry (and
+its launch defaults: sft/<family>/recipe.yaml, and the two launchers that name it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class Family:
     projector_prefixes: tuple[str, ...] # … of the vision→language projector / merger
     language_prefix: str                # … of the language model (LoRA goes only here)
     images_nested: bool                 # processor wants one list of images per sample
+    model_types: tuple[str, ...]        # config.json model_type values of this family (prefixes)
+    default_pixels: tuple[int, int] | None = None   # (min, max) image pixels of the published runs, where
+                                                    # the processor resizes within bounds (Qwen); else fixed tiles
 
     # LoRA on the language model's linear layers only: the vision blocks of Qwen also have
     # gate/up/down_proj, and lm_head / embed_tokens stay out as in the published recipe.
@@ -46,8 +50,8 @@ class Family:
             raise CogipError(f"cannot load a {self.name} model from {path}: {str(e).splitlines()[0]}") from None
 
     def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
-        """Qwen's image-size bounds as processor kwargs; the other families use fixed tiles: {}."""
-        if self.name != "qwen":
+        """Image-size bounds as processor kwargs, for a family whose processor takes them; {} for fixed tiles."""
+        if self.default_pixels is None:
             return {}
         return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
 
@@ -77,21 +81,6 @@ class Family:
             fields["longest_edge"] = max_pixels
         image_processor.size = type(size)(**fields)
 
-    def visual_tokens_added(self, processor, width: int, height: int) -> int:
-        """How many tokens an image of this size adds to its chat text's: Qwen's one image placeholder
-        becomes its grid within the processor's pixel bounds (its own smart_resize), merged 2x2. 0 for the
-        others, whose images add no length that varies (Gemma: 256 tokens each; Mllama: cross-attention)."""
-        ip = processor.image_processor
-        if self.name != "qwen" or not hasattr(ip, "merge_size"):   # not Qwen's processor: loading the model says so
-            return 0
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-        factor = ip.patch_size * ip.merge_size
-        try:
-            h, w = smart_resize(height, width, factor, ip.size.shortest_edge, ip.size.longest_edge)
-        except ValueError:   # an extreme aspect ratio, which the processor rejects when it meets the image
-            return 0
-        return (h // factor) * (w // factor) - 1
-
     def chat_prompt(self, processor, prompt: str) -> str:
         """The family's chat text for one image + one user prompt, ending where the answer starts."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -118,13 +107,14 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "qwen": Family("qwen", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2_5_VLForConditionalGeneration", "<|im_end|>",
                    vision_prefixes=("visual",), projector_prefixes=("visual.merger",),
-                   language_prefix="language_model", images_nested=False),
+                   language_prefix="language_model", images_nested=False, model_types=("qwen2_5_vl", "qwen2_vl"),
+                   default_pixels=(256 * 28 * 28, 1280 * 28 * 28)),
     "llama": Family("llama", "meta-llama/Llama-3.2-11B-Vision-Instruct", "MllamaForConditionalGeneration",
                     "<|eot_id|>", vision_prefixes=("vision_model",), projector_prefixes=("multi_modal_projector",),
-                    language_prefix="language_model", images_nested=True),
+                    language_prefix="language_model", images_nested=True, model_types=("mllama",)),
     "gemma": Family("gemma", "google/gemma-3-12b-it", "Gemma3ForConditionalGeneration", "<end_of_turn>",
                     vision_prefixes=("vision_tower",), projector_prefixes=("multi_modal_projector",),
-                    language_prefix="language_model", images_nested=True),
+                    language_prefix="language_model", images_nested=True, model_types=("gemma3",)),
 }
 
 
@@ -161,9 +151,9 @@ def detect_family(path: str | os.PathLike) -> Family:
     if not os.path.isfile(cfg):
         raise CogipError("no config.json: pass --family", file=cfg)
     model_type = json.load(open(cfg)).get("model_type", "")
-    for key, fam in (("qwen2_5_vl", "qwen"), ("qwen2_vl", "qwen"), ("mllama", "llama"), ("gemma3", "gemma")):
-        if model_type.startswith(key):
-            return FAMILIES[fam]
+    for fam in FAMILIES.values():
+        if model_type.startswith(fam.model_types):
+            return fam
     raise CogipError(f"model_type {model_type!r} is not a supported family", file=cfg)
 
 

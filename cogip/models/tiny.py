@@ -102,7 +102,7 @@ def _qwen(tok, image_size: int):
         text_config=dict(**TINY_TEXT, vocab_size=len(tok), bos_token_id=ids("<|endoftext|>"),
                          eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"), rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}),
-        # an MLP width that is no multiple of 8, as the real 3420 (cogip.models.vision_matmuls pads it)
+        # an MLP width that is no multiple of 8, as the real 3420 (cogip.accel.vision_matmuls pads it)
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=60, num_heads=2, patch_size=14,
                            spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=TINY_TEXT["hidden_size"],
                            window_size=56, fullatt_block_indexes=[1]),

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from ..data.bench import read_training_json
+from ..data.layout import read_training_json
 from ..data.images import check_images, open_image
 from ..errors import CogipError
 from ..models.families import Family

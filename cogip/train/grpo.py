@@ -1,4 +1,4 @@
-"""`python -m cogip.train.grpo` — the RL ablation: trl's GRPOTrainer on the bench's training items.
+"""`cogip grpo` — the RL ablation: trl's GRPOTrainer on the bench's training items.
 
 Rewards (`--reward`):
 - `published` (default): the published reward as the published code computes it: the last number of the
@@ -8,7 +8,7 @@ Rewards (`--reward`):
 - `per-dimension-range`: the answer parsed as the benchmark loop parses it (label, then score) and the
   dimension's own range (10, 10, 6, 1); −0.5 where it does not parse.
 
-The published recipe (sft/qwen/finetune_grpo.sh's defaults): the language model frozen and not adapted,
+The published recipe (sft/qwen/grpo.yaml, which sft/qwen/finetune_grpo.sh reads): the language model frozen and not adapted,
 the vision tower and merger trained (`--tune_mode frozen-llm`), lr 1e-6, vision 2e-7, 2 generations per
 prompt, one completion per device a micro-step, completions up to 256 tokens, images of 128·28² to
 256·28² pixels, β 0.04, temperature 0.9, top-k 50, trl 0.17's loss (`bnpo`). Either training file
@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 import datasets
 from transformers import HfArgumentParser, set_seed
 
-from ..data.bench import read_training_json
+from ..data.layout import read_training_json
 from ..data.images import check_images
 from ..dims import SCORE_RANGE
 from ..errors import CogipError, exit_code
-from ..models.blocks import autocast_vision_norms
+from ..accel.training import AccelArguments, TrainingAccel
 from ..models.families import resolve_family
 from ..parse import parse_answer
-from .sft import DataArguments, ModelArguments, fp32_master_weights, prepare_trainable, require_transformers
+from .sft import (DataArguments, ModelArguments, fp32_master_weights, get_family, prepare_trainable, read_recipes,
+                  require_transformers)
 
 UNPARSEABLE_REWARD = -0.5
 PUBLISHED_RANGE = 10.0
@@ -109,15 +110,19 @@ def run(argv: list[str] | None = None):
 
     from ..published import translate_sft
     argv = translate_sft(argv, "cogip grpo")   # the published train_grpo.py's flags too
-    parser = HfArgumentParser((ModelArguments, DataArguments, RewardArguments, GRPOConfig))
+    parser = HfArgumentParser((ModelArguments, DataArguments, RewardArguments, AccelArguments, GRPOConfig),
+                              prog="cogip grpo")
+    argv = read_recipes(parser, argv)
     try:
-        margs, dargs, rargs, gargs = parser.parse_args_into_dataclasses(argv)
+        margs, dargs, rargs, aargs, gargs = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
         raise CogipError(" ".join(str(e).split())[:400]) from None
+    margs.model_id = margs.model_id or get_family(margs.family or "qwen").hub_id
     if rargs.reward not in REWARDS:
         raise CogipError(f"--reward {rargs.reward!r}: expected one of {', '.join(REWARDS)}")
     family = resolve_family(margs.model_id, margs.family)
     dataset = grpo_dataset(dargs.data_path, dargs.image_folder)   # every item and image, before the model
+    speed = TrainingAccel(aargs, family, gargs)
     set_seed(gargs.seed)
     processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     model = family.load_model(margs.model_id)
@@ -125,15 +130,17 @@ def run(argv: list[str] | None = None):
     if margs.tune_mode == "lora":   # LoRA on the language model through trl; peft keeps adapters in float32
         peft_config = LoraConfig(r=margs.lora_r, lora_alpha=margs.lora_alpha, lora_dropout=margs.lora_dropout,
                                  target_modules=family.lora_target_modules, use_dora=margs.use_dora)
+        model = speed.apply(model, lambda m: m)
     else:   # full, or frozen-llm (published): the parts trained in place
-        prepare_trainable(model, family, margs)
-        fp32_master_weights(model, gargs)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
-        if margs.cast_vision_norms:
-            autocast_vision_norms(model, family)   # as in SFT: one bf16 copy of each vision norm's output
+        def make_trainable(model):
+            model = prepare_trainable(model, family, margs)
+            fp32_master_weights(model, gargs)   # as in SFT: Adam's 1e-6 steps would vanish in bf16 weights
+            return model
+        model = speed.apply(model, make_trainable)
     gargs.remove_unused_columns = False
     trainer = CogipGRPOTrainer(model=model, reward_funcs=[REWARDS[rargs.reward]], args=gargs, train_dataset=dataset,
                                processing_class=processor, peft_config=peft_config, family=family,
-                               vision_lr=margs.vision_lr, merger_lr=margs.merger_lr)
+                               vision_lr=margs.vision_lr, merger_lr=margs.merger_lr, callbacks=speed.callbacks)
     trainer.train(resume_from_checkpoint=gargs.resume_from_checkpoint)
     trainer.save_model(gargs.output_dir)
     return trainer

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import exit_code
 from ..models.adapters import adapter_base, load_adapted, processor_source
 from ..models.families import resolve_family
+from ..models.families import FAMILIES
 
 
 def merge(adapter: str | Path, out: str | Path, base: str | None = None, family: str | None = None) -> Path:
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adapter", help="LoRA output folder (or one of its checkpoints)")
     p.add_argument("--out", help="where the merged checkpoint goes")
     p.add_argument("--base", help="base model (default: the one recorded in the adapter)")
-    p.add_argument("--family", choices=("qwen", "llama", "gemma"))
+    p.add_argument("--family", choices=tuple(FAMILIES))
     from ..published import MERGE, translate
     a = p.parse_args(translate(argv, MERGE, "cogip merge"))   # the published merge_lora_weights.py's flags too
     if len(a.positional) > 2:

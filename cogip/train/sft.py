@@ -1,7 +1,8 @@
-"""`python -m cogip.train.sft` — soft-label SFT of any family (LoRA or full), over transformers.Trainer.
+"""`cogip train` — soft-label SFT of any family (LoRA or full) over transformers.Trainer. Reference: docs/train.md.
 
-The launchers in `sft/<family>/finetune_lora.sh` hold the published per-family defaults; every flag
-of `TrainingArguments` (DeepSpeed config, bf16, checkpointing, logging…) is accepted as well.
+`build_trainer` is the recipe: data, model (family adapter + LoRA), loss, Trainer. The published
+hyperparameters are recipe files (`sft/recipe.yaml`, and per family `sft/<family>/recipe.yaml` with only
+what differs), read with `--recipe`; every flag of `TrainingArguments` is accepted as well.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,15 +21,12 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer_utils import get_last_checkpoint
 
 from .. import TRANSFORMERS_FLOOR
+from ..accel import private
 from ..errors import CogipError, exit_code, require
-from ..loss import KERNELS, NumberTokens, SoftLabelLoss, kernel_name
-from ..models.attention import allow_sdpa_backends, use_fast_vision_attention
-from ..models.vision_matmuls import use_fast_vision_matmuls
-from ..models.blocks import (GRAPH_PAD_MULTIPLE, apply_liger, autocast_vision_norms, fsdp_wrap_blocks, graph_blocks,
-                             parse_keep, parse_part_blocks, parse_parts, repeated_blocks, set_checkpointing,
-                             zero3_leaf_blocks, zero3_prefetch_blocks)
-from ..models.families import Family, resolve_family
-from ..data.bench import BenchItem
+from ..loss import KERNELS, PUBLISHED_ETA, PUBLISHED_LAMBDA, NumberTokens, SoftLabelLoss, kernel_name
+from ..accel.training import AccelArguments, TrainingAccel
+from ..models.families import Family, get_family, resolve_family
+from ..data.layout import BenchItem
 from .data import SFTCollator, load_sft_dataset
 from .trainer import CogipTrainer
 
@@ -39,7 +36,8 @@ TUNE_MODES = ("lora", "full", "frozen-llm")
 
 @dataclass
 class ModelArguments:
-    model_id: str = field(default="Qwen/Qwen2.5-VL-7B-Instruct", metadata={"help": "hub id or local checkpoint"})
+    model_id: str | None = field(default=None, metadata={"help": "hub id or local checkpoint (default: the base model "
+                                                                 "of --family)"})
     family: str | None = field(default=None, metadata={"help": "qwen | llama | gemma (default: from the model)"})
     tune_mode: str = field(default="lora", metadata={
         "help": "lora (LoRA on the language model, its base frozen) | full | frozen-llm (the language model not "
@@ -55,27 +53,6 @@ class ModelArguments:
     merger_lr: float = 1e-5
     min_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels lower bound"})
     max_pixels: int | None = field(default=None, metadata={"help": "Qwen: image pixels upper bound"})
-    checkpoint_parts: str = field(default="all", metadata={
-        "help": "with --activation_checkpointing: all | none | language | vision (where recomputation is worth the "
-                "memory it saves; 'all' includes Mllama's vision encoder, which transformers never checkpoints); "
-                "part=N recomputes only that part's first N blocks, e.g. vision=24 (the rest keep their activations); "
-                "part=N+M then recomputes only the MLP of the next M blocks, e.g. vision=9+31"})
-    checkpoint_keep: str = field(default="none", metadata={
-        "help": "what a checkpointed block keeps from its forward instead of recomputing: none | attention (the "
-                "attention kernels' outputs: no attention recomputation, one hidden state more per block)"})
-    graph_parts: str = field(default="none", metadata={
-        "help": "none | language | vision | all: compile these parts' blocks whole and replay them as CUDA graphs "
-                "(for host-bound parts, e.g. Llama's language model; not with their checkpointing, ZeRO-3 or FSDP; "
-                "sequences are then padded to a multiple of 64)"})
-    graph_parts_fallback: bool = field(default=False, metadata={
-        "help": "where --graph_parts cannot run (its parts checkpointed, ZeRO-3, FSDP), train without CUDA graphs and "
-                "say so instead of failing (the launchers' family defaults; an explicit GRAPH_PARTS fails)"})
-    cast_vision_norms: bool = field(default=True, metadata={
-        "help": "under autocast, cast the vision blocks' float32 norm outputs to bf16 once, not once per linear layer "
-                "they feed (the same forward, less memory; False: the layers' input gradients summed in float32)"})
-    sdpa_backends: str = field(default="auto", metadata={
-        "help": "fused attention kernels allowed: auto (torch's choice) or a comma list of cudnn, flash, efficient "
-                "(exact either way; docs/benchmarks.md has where cuDNN's host-side plans cost time)"})
 
     def __post_init__(self):   # parsed before anything loads: a bad value is one line (ValueError -> CogipError)
         if self.tune_mode not in TUNE_MODES:
@@ -93,8 +70,8 @@ class DataArguments:
 @dataclass
 class LossArguments:
     soft_labels: bool = field(default=True, metadata={"help": "off: plain cross-entropy (ablation)"})
-    soft_eta: float = 0.15
-    soft_lambda: float = 2.0
+    soft_eta: float = PUBLISHED_ETA
+    soft_lambda: float = PUBLISHED_LAMBDA
     soft_kernel: str = field(default="published", metadata={
         "help": f"ψ over the digit values: {' | '.join(KERNELS)} (published: ∝ max_j|j-c| - |k-c|, the published "
                 f"loss; 'triangular', the published code's name for it, is accepted; cogip.loss)"})
@@ -104,17 +81,6 @@ class LossArguments:
 
     def __post_init__(self):
         kernel_name(self.soft_kernel)   # an unknown kernel: a ValueError naming the known ones
-
-
-@dataclass
-class ProfileArguments:
-    profile_step: int | None = field(default=None, metadata={
-        "help": "profile this optimizer step (1-based): each rank writes profile_rank<R>.txt to the output folder "
-                "(GPU busy/idle time, collectives, host waits on the device, top operators; cogip.profiling)"})
-    timeline_step: int | None = field(default=None, metadata={
-        "help": "time every repeated block in this optimizer step (1-based), without the profiler: each rank writes "
-                "timeline_rank<R>.json (device and host start of each block's forward and backward, and sampled "
-                "host stacks; cogip.profiling.BlockTimeline, HostStacks)"})
 
 
 def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapters: bool = True):
@@ -147,28 +113,6 @@ def prepare_trainable(model, family: Family, margs: ModelArguments, fp32_adapter
     return model
 
 
-def graph_parts_that_run(margs: ModelArguments, targs: TrainingArguments) -> set[str]:
-    """The parts to replay as CUDA graphs: --graph_parts, unless they cannot run here, which is an error, or with
-    --graph_parts_fallback a printed line and no graphs. A graph replays fixed parameter addresses and one
-    forward: no recomputation, no gathering."""
-    graphed = parse_parts(margs.graph_parts, "graph parts")
-    if not graphed:
-        return graphed
-    both = sorted(graphed & set(parse_part_blocks(margs.checkpoint_parts))) if targs.activation_checkpointing else []
-    problem = None
-    if both:
-        problem = (f"--graph_parts {margs.graph_parts} overlaps the checkpointed parts ({', '.join(both)}); "
-                   f"checkpoint other parts (--checkpoint_parts) or graph fewer")
-    elif targs.fsdp or is_deepspeed_zero3_enabled():
-        problem = "--graph_parts cannot run under ZeRO-3 or FSDP (their gathered parameters move); use ZeRO-2 or no sharding"
-    if problem is None:
-        return graphed
-    if not margs.graph_parts_fallback:
-        raise CogipError(problem)
-    print(f"cogip sft: training without CUDA graphs: {problem}", file=sys.stderr, flush=True)
-    return set()
-
-
 def one_gpu_per_process(targs: TrainingArguments) -> None:
     """Keep a single process that sees several GPUs (e.g. NUM_GPUS=1 on a larger node) to one of them.
 
@@ -178,7 +122,7 @@ def one_gpu_per_process(targs: TrainingArguments) -> None:
     if targs.n_gpu > 1:
         print(f"cogip sft: one process sees {targs.n_gpu} GPUs and trains on {targs.device} alone; for data "
               f"parallelism launch one process per GPU (NUM_GPUS={targs.n_gpu})", file=sys.stderr, flush=True)
-        targs._n_gpu = 1
+        private.train_on_one_gpu(targs)
 
 
 def fp32_master_weights(model, args: TrainingArguments) -> None:
@@ -196,23 +140,20 @@ def fp32_master_weights(model, args: TrainingArguments) -> None:
             p.data = p.data.float()
 
 
-class CheckpointParts(TrainerCallback):
-    """Restricts gradient checkpointing to some parts once the Trainer has switched it on everywhere."""
-
-    def __init__(self, family: Family, parts: str, keep: str = "none"):
-        self.family, self.parts, self.keep = family, parts, keep
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if args.activation_checkpointing and model is not None:
-            set_checkpointing(model, self.family, self.parts, args.activation_checkpointing_kwargs, self.keep)
-
-
 class StepTimes(TrainerCallback):
-    """Wall time of every optimizer step (device synchronised), for throughput in cogip_train.json."""
+    """Throughput for cogip_train.json: over the run (training's wall time, from its start to its end:
+    first steps, logging and checkpoints included) and the median optimizer step (device synchronised)."""
 
     def __init__(self):
         self.seconds: list[float] = []
-        self._t = None
+        self._t = self._began = self._ended = None
+        self._steps = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._began, self._first_step = self._now(), state.global_step
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._ended, self._steps = self._now(), state.global_step - self._first_step
 
     def _now(self):
         if torch.cuda.is_available():
@@ -233,8 +174,12 @@ class StepTimes(TrainerCallback):
         if not steady:
             return {}
         med = statistics.median(steady)
-        out = {"median_step_s": round(med, 4), "samples_per_s": round(samples_per_step / med, 3),
-               "steps_timed": len(steady), "samples_per_step": samples_per_step}
+        train_s = (self._ended or self._now()) - self._began
+        steps = self._steps or len(self.seconds)
+        out = {"samples_per_s": round(samples_per_step * steps / train_s, 3), "train_s": round(train_s, 3),
+               "steps": steps, "median_step_s": round(med, 4),
+               "median_step_samples_per_s": round(samples_per_step / med, 3), "steps_timed": len(steady),
+               "samples_per_step": samples_per_step}
         if torch.cuda.is_available():   # this rank's peak: what decides the checkpointing parts that fit
             out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
             out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)   # the card must hold this
@@ -260,91 +205,41 @@ def ranks_agree(model, args: TrainingArguments) -> bool | None:
     return bool(torch.equal(low, high))
 
 
-class RecordStep(TrainerCallback):
-    """Records one optimizer step (1-based) and writes the record of each rank beside the weights, as
-    `filename` with {rank} filled in. `begin(model)` starts recording and returns `end(head) -> text`,
-    called when the step ends with head = {"step", "rank", "world_size"}."""
-
-    def __init__(self, step: int, out_dir: str, filename: str, begin):
-        self.step, self.out_dir, self.filename, self.begin, self._end = step, out_dir, filename, begin, None
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        if state.global_step + 1 == self.step:
-            self._end = self.begin(model)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self._end is None:
-            return
-        text = self._end({"step": state.global_step, "rank": args.process_index, "world_size": args.world_size})
-        self._end = None
-        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
-        Path(self.out_dir, self.filename.format(rank=args.process_index)).write_text(text)
-
-
-def _begin_profile(model):
-    """torch.profiler over the step; its report (cogip.profiling.report)."""
-    from ..profiling import start_profile
-    stop = start_profile()
-    return lambda head: f"step {head['step']}, rank {head['rank']}/{head['world_size']}\n\n" + stop()
-
-
-def _begin_timeline(family: Family, model):
-    """cogip.profiling.BlockTimeline over the step's repeated blocks, and where the host's time went
-    (cogip.profiling.HostStacks of the training thread and of autograd's, which run backward hooks), as
-    JSON."""
-    from ..profiling import BlockTimeline, HostStacks
-    timeline, host = BlockTimeline(repeated_blocks(model, family)), HostStacks(native_threads=True)
-    timeline.start()
-    host.start()
-
-    def end(head: dict) -> str:
-        stacks = host.stop()
-        return json.dumps({**head, **timeline.stop(), "host_stacks": stacks}, indent=1)
-    return end
-
-
 def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArguments, targs: TrainingArguments,
-                  callbacks=None) -> CogipTrainer:
+                  aargs: AccelArguments | None = None, callbacks=None) -> CogipTrainer:
+    """The recipe: data, model (family adapter + LoRA), loss, Trainer. Everything that can be checked from
+    files and flags is checked before the weights load."""
     family = resolve_family(margs.model_id, margs.family)
     if os.path.isfile(os.path.join(margs.model_id, "adapter_config.json")):
         raise CogipError("a LoRA adapter, not a model to fine-tune: merge it first (sft/<family>/merge_lora.sh)",
                          file=margs.model_id)
     dataset = load_sft_dataset(dargs.data_path, dargs.image_folder)   # every item and image, before the model
     one_gpu_per_process(targs)
-    parse_part_blocks(margs.checkpoint_parts)   # a bad value fails here, before the model loads
-    parse_keep(margs.checkpoint_keep)
-    graphed = graph_parts_that_run(margs, targs)
     if targs.fsdp and (targs.use_cpu or not torch.cuda.is_available()):
         raise CogipError("FSDP needs GPUs: on CPUs accelerate would silently train unsharded (DDP); "
                          "drop --fsdp / FSDP_CONFIG")
-    allow_sdpa_backends(margs.sdpa_backends)
+    speed = TrainingAccel(aargs or AccelArguments(), family, targs)   # bad speed options fail here too
+
+    # the model: the family's processor and weights, frozen or wrapped in LoRA as the tuning mode says
     processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
-    use_fast_vision_attention(model)   # exact; 2.8x faster Qwen-7B steps (docs/benchmarks.md)
-    use_fast_vision_matmuls(model)   # exact; Qwen's vision matmuls in shapes cuBLAS runs fast
-    if targs.use_liger_kernel:
-        apply_liger(model, targs.liger_kernel_config)
-        targs.use_liger_kernel = False   # applied here, before PEFT; the Trainer would patch the wrapped model
     model.config.use_cache = False
-    model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
-    fp32_master_weights(model, targs)   # else Adam's small vision steps vanish in bf16 weights
-    if margs.cast_vision_norms:
-        autocast_vision_norms(model, family)   # one bf16 copy of a norm's output, not one per layer it feeds
-    if is_deepspeed_zero3_enabled():
-        zero3_leaf_blocks(model, family)   # one gather per block, not per linear layer (docs/benchmarks.md)
-        zero3_prefetch_blocks(targs.hf_deepspeed_config.config, model, family)   # the next block gathered whole
-    if targs.fsdp_plugin_args is not None:
-        fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)   # FSDP2 too gathers block by block
-    graph_blocks(model, family, graphed,   # host-bound blocks as CUDA graphs (docs/benchmarks.md)
-                 accumulate=targs.gradient_accumulation_steps > 1)
+
+    def make_trainable(model):
+        model = prepare_trainable(model, family, margs, fp32_adapters=not targs.deepspeed)
+        fp32_master_weights(model, targs)   # else Adam's small vision steps vanish in bf16 weights
+        return model
+    model = speed.apply(model, make_trainable)
+
+    # the loss, over the tokenizer's number tokens
     vocab = model.config.get_text_config().vocab_size
     loss_fn = SoftLabelLoss(NumberTokens.from_tokenizer(processor.tokenizer, vocab), eta=largs.soft_eta,
                             lam=largs.soft_lambda, kernel=largs.soft_kernel, width=largs.soft_width,
                             soft=largs.soft_labels, multidigit=largs.soft_multidigit)
     targs.remove_unused_columns = False   # the collator needs the raw columns
-    collator = SFTCollator(family, processor, pad_to_multiple_of=GRAPH_PAD_MULTIPLE if graphed else None)
+    collator = SFTCollator(family, processor, pad_to_multiple_of=speed.pad_multiple)
     if targs.process_index == 0:   # what the model will see, before any compute is spent on it
         from ..inspect import training_row
         first = dataset[0]
@@ -352,8 +247,7 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
         print("cogip sft: first " + training_row(family, processor, item, ""), file=sys.stderr, flush=True)
     return CogipTrainer(model=model, args=targs, train_dataset=dataset, data_collator=collator,
                         processing_class=processor, family=family, loss_fn=loss_fn, vision_lr=margs.vision_lr,
-                        merger_lr=margs.merger_lr,
-                        callbacks=[CheckpointParts(family, margs.checkpoint_parts, margs.checkpoint_keep), *(callbacks or [])])
+                        merger_lr=margs.merger_lr, callbacks=[*speed.callbacks, *(callbacks or [])])
 
 
 def run_loss(log_history: list[dict]) -> float:
@@ -369,6 +263,44 @@ def run_loss(log_history: list[dict]) -> float:
     return total / steps if steps else float("nan")
 
 
+def default_pixels(margs) -> None:
+    """The family's published image-size bounds where neither the recipe nor a flag gave them."""
+    if margs.min_pixels is None or margs.max_pixels is None:
+        bounds = resolve_family(margs.model_id, margs.family).default_pixels
+        if bounds:
+            margs.min_pixels = margs.min_pixels or bounds[0]
+            margs.max_pixels = margs.max_pixels or bounds[1]
+
+
+def read_recipes(parser: HfArgumentParser, argv: list[str]) -> list[str]:
+    """`--recipe FILE [FILE ...]` (YAML or JSON, later files win, flags on the command line win over all):
+    each file's keys become the parser's defaults. Returns argv without the option."""
+    files, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] in ("--recipe", "--recipes"):
+            i += 1
+            while i < len(argv) and not argv[i].startswith("--"):
+                files.append(argv[i])
+                i += 1
+            continue
+        rest.append(argv[i])
+        i += 1
+    known = {a.dest for a in parser._actions}
+    for f in files:
+        import yaml
+        try:
+            values = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise CogipError(f"cannot read the recipe: {str(e).splitlines()[0]}", file=f) from None
+        if not isinstance(values, dict):
+            raise CogipError("a recipe is a mapping of option names to values", file=f)
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CogipError(f"{unknown[0]!r} is not an option of cogip train (docs/train.md)", file=f)
+        parser.set_defaults(**values)
+    return rest
+
+
 def require_transformers() -> None:
     """The trainers' (SFT, GRPO) one check of the installed transformers, before their arguments are parsed."""
     require(TRANSFORMERS_FLOOR, "TrainingArguments.activation_checkpointing")
@@ -378,29 +310,32 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     require_transformers()
     from ..published import translate_sft
     argv = translate_sft(argv)   # the published train_sft.py's flags too
-    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, ProfileArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments, TrainingArguments),
+                              prog="cogip train", description="Soft-label SFT (docs/train.md).")
+    argv = read_recipes(parser, argv)
     try:
-        margs, dargs, largs, pargs, targs = parser.parse_args_into_dataclasses(argv)
+        margs, dargs, largs, aargs, targs = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
         raise CogipError(" ".join(str(e).split())[:400]) from None
+    if margs.model_id is None:
+        if not margs.family:
+            raise CogipError("give --model_id (or --family, to fine-tune its base model)")
+        margs.model_id = get_family(margs.family).hub_id
+    default_pixels(margs)
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
     kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
-    trainer = build_trainer(margs, dargs, largs, targs, [timer, *(callbacks or [])])
-    if pargs.profile_step:
-        trainer.add_callback(RecordStep(pargs.profile_step, targs.output_dir, "profile_rank{rank}.txt", _begin_profile))
-    if pargs.timeline_step:
-        trainer.add_callback(RecordStep(pargs.timeline_step, targs.output_dir, "timeline_rank{rank}.json",
-                                        partial(_begin_timeline, trainer.family)))
+    trainer = build_trainer(margs, dargs, largs, targs, aargs, [timer, *(callbacks or [])])
     trainer.train(resume_from_checkpoint=resume)
     args = trainer.args
     loss = run_loss(trainer.state.log_history)
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
     print(f"cogip sft: rank {args.process_index}/{args.world_size} on {args.device}: "
           f"{trainer.state.global_step} steps, train loss {loss:.4f} (whole run)"
-          + (f", median step {speed['median_step_s']:.3f} s = {speed['samples_per_s']:.2f} samples/s" if speed else ""),
+          + (f", {speed['samples_per_s']:.2f} samples/s over the run ({speed['train_s']:.1f} s), median step "
+             f"{speed['median_step_s']:.3f} s = {speed['median_step_samples_per_s']:.2f} samples/s" if speed else ""),
           flush=True)
     if trainer.control.should_training_stop and trainer.state.global_step < trainer.state.max_steps:
         return trainer   # stopped early by a callback: keep the checkpoints, write no final result
@@ -411,7 +346,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     trainer.save_model(targs.output_dir)
     if trainer.is_world_process_zero():
         info = {"family": trainer.family.name, "base_model": margs.model_id, "tune_mode": margs.tune_mode,
-                "model": asdict(margs), "loss": asdict(largs), "global_step": trainer.state.global_step,
+                "model": asdict(margs), "loss": asdict(largs), "accel": asdict(aargs), "global_step": trainer.state.global_step,
                 "world_size": args.world_size, "ranks_agree": agree, "kernels": kernels, "throughput": speed,
                 "train_loss": loss}
         Path(targs.output_dir, TRAIN_INFO).write_text(json.dumps(info, indent=2))

@@ -129,15 +129,13 @@ class CogipTrainer(PartLearningRates, Trainer):
         with autocast:
             logits, targets = supervised_logits(model, inputs)
         self.loss_fn.to(logits.device)
-        total, regular, numeric = self.loss_fn(logits, targets)
-        if num_items_in_batch is not None:
-            # Trainer passes the supervised-token count of the whole optimizer step (all micro-batches and,
-            # with average_tokens_across_devices, all ranks): normalising by it makes the step's loss exactly
-            # (Σ regular + λ Σ numeric) / N over the global batch. The ranks' gradients are then averaged, so
-            # each rank's part is scaled back by the rank count, as Trainer.compute_loss (overridden here) does.
-            total = (regular + self.loss_fn.lam * numeric if self.loss_fn.soft else regular) / num_items_in_batch
-            if self.args.average_tokens_across_devices:
-                total = total * self.accelerator.num_processes
+        # Trainer passes the supervised tokens of the whole optimizer step (all micro-batches and, with
+        # average_tokens_across_devices, all ranks): the step's loss is then (Σ regular + λ Σ numeric) / N over
+        # the global batch. The ranks' gradients are averaged, so each rank's part is scaled back by the rank
+        # count, as Trainer.compute_loss (overridden here) does.
+        total, regular, numeric = self.loss_fn(logits, targets, per=num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            total = total * self.accelerator.num_processes
         # kept on the device: reading them here would stall the host between forward and backward
         parts = torch.stack([regular.detach().float(), numeric.detach().float()])
         self._parts = parts if self._parts is None else self._parts + parts

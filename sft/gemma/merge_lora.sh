@@ -4,4 +4,4 @@
 #   (or the published flags: --model-path ADAPTER_DIR --model-base BASE --save-model-path OUT_DIR)
 set -euo pipefail
 NUM_GPUS=0 source "$(dirname "$0")/../../scripts/lib.sh"
-exec "$PYTHON" -m cogip.train.merge --family gemma "$@"
+exec "$PYTHON" -m cogip merge --family gemma "$@"

@@ -22,6 +22,8 @@ from functools import partial
 
 import torch
 
+from . import private
+
 
 def process_age() -> float | None:
     """Seconds since this process started (from Linux's /proc, to 10 ms), so a run's timing can say what
@@ -52,7 +54,7 @@ def _union_ns(intervals: list[tuple[int, int]]) -> int:
 def timeline(prof) -> dict:
     """Milliseconds: the profiled wall time, GPU busy time (union over streams), its idle rest, kernel
     time per stream, collective (NCCL) kernel time, and the host's calls that wait on the device."""
-    events = prof.profiler.kineto_results.events()
+    events = private.profiler_events(prof)
     if not events:
         return {"wall_ms": 0.0}
     start = min(e.start_ns() for e in events)

@@ -36,6 +36,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from . import private
+
 NAME = "flash_varlen_sdpa_cogip"
 _PLANS: dict = {}
 
@@ -235,16 +237,14 @@ def use_fast_vision_attention(model) -> bool:
     from transformers import AttentionInterface
     vision = getattr(model.config, "vision_config", None)
     model_type = getattr(model.config, "model_type", "")
-    if vision is None or "flash" in str(getattr(vision, "_attn_implementation", "")):
+    if vision is None or "flash" in str(private.attn_implementation(vision) or ""):
         return False                                                  # real flash-attn: already varlen
     if model_type in ("qwen2_5_vl", "qwen2_vl"):
         AttentionInterface.register(NAME, varlen_sdpa)
-        vision._attn_implementation = NAME
-        return True
-    if model_type == "mllama" and getattr(vision, "_attn_implementation", "sdpa") in ("sdpa", None):
+        return private.set_attn_implementation(vision, NAME)
+    if model_type == "mllama" and private.attn_implementation(vision) in ("sdpa", None):
         AttentionInterface.register(PADPAIR_NAME, padpair_sdpa)
-        vision._attn_implementation = PADPAIR_NAME
-        return True
+        return private.set_attn_implementation(vision, PADPAIR_NAME)
     return False
 
 
@@ -253,7 +253,7 @@ def flash_varlen_usable(query: torch.Tensor) -> bool:
     supports, and flash not switched off (`allow_sdpa_backends`, torch's `sdpa_kernel`)."""
     return (query.is_cuda and query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] % 8 == 0
             and query.shape[-1] <= 256 and torch.backends.cuda.flash_sdp_enabled()
-            and _has_flash(query.device.index))
+            and private.has_flash_forward() and _has_flash(query.device.index))
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,8 +266,7 @@ def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: 
     """Attention of each segment [cu[i], cu[i+1]) of the rows to itself: q [T, H, D], k/v [T, H_kv, D] (H_kv
     dividing H), cu_seqlens int32 on the device, `longest` at least the longest segment → [T, H, D]. The kernel
     SDPA runs for unmasked attention (flash), one launch for all the segments (torch's private op, stable since 2.2)."""
-    return torch.ops.aten._flash_attention_forward(q, k, v, cu_seqlens, cu_seqlens, longest, longest, 0.0, is_causal,
-                                                   False, scale=scaling)[0]
+    return private.flash_attention_forward(q, k, v, cu_seqlens, longest, scaling, is_causal)
 
 
 PACKED_PREFILL_NAME = "sdpa_packed_prefill_cogip"
@@ -335,12 +334,11 @@ def use_packed_prefill(model) -> bool:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
     text = model.config.get_text_config()
-    if getattr(model.config, "model_type", "") not in ("qwen2_5_vl", "qwen2_vl") or text._attn_implementation != "sdpa":
+    if getattr(model.config, "model_type", "") not in ("qwen2_5_vl", "qwen2_vl") or private.attn_implementation(text) != "sdpa":
         return False
     AttentionInterface.register(PACKED_PREFILL_NAME, packed_prefill_sdpa)
     AttentionMaskInterface.register(PACKED_PREFILL_NAME, sdpa_mask)
-    text._attn_implementation = PACKED_PREFILL_NAME
-    return True
+    return private.set_attn_implementation(text, PACKED_PREFILL_NAME)
 
 
 SDPA_BACKENDS = {"cudnn": torch.backends.cuda.enable_cudnn_sdp, "flash": torch.backends.cuda.enable_flash_sdp,

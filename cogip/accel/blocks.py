@@ -18,7 +18,8 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..errors import CogipError
-from .families import Family
+from . import private
+from ..models.families import Family
 
 PARTS = ("language", "vision")
 UNCHECKPOINTABLE_BLOCKS = ("MllamaVisionEncoderLayer",)   # repeated blocks transformers never checkpoints
@@ -122,23 +123,20 @@ def compile_blocks(model, family: Family, parts: str | Iterable[str] = "vision",
         # The blocks' float attributes (norms' eps, attention scales) are constants. Traced as symbolic floats, a
         # LayerNorm's eps, which its kernel takes as a number, made dynamo restart its analysis of the frame and
         # trace it again (Mllama's vision blocks). Process-wide: dynamo reads it when it traces (the first forward).
-        import torch._dynamo
-        torch._dynamo.config.specialize_float = True
+        private.specialize_floats()
     n = 0
     for _, block, part in repeated_blocks(model, family):
         if part not in wanted:
             continue
         if part == "vision":
             block.compile(dynamic=dynamic)
-            if callable(getattr(block, "_compiled_call_impl", None)):   # torch's nn.Module.compile
-                block._compiled_call_impl = _unaliased_input(block._compiled_call_impl)
+            private.wrap_compiled_call(block, _unaliased_input)
             n += 1
             continue
         for child in block.children():
             if any(k in type(child).__name__ for k in STATELESS_CHILDREN):
                 child.compile(dynamic=True)
-                if callable(getattr(child, "_compiled_call_impl", None)):
-                    child._compiled_call_impl = _as_rows(child._compiled_call_impl)
+                private.wrap_compiled_call(child, _as_rows)
                 n += 1
     return n
 
@@ -349,13 +347,13 @@ def set_checkpointing(model, family: Family, parts: str | Iterable[str], kwargs:
         seen[part] += 1
         on, mlp_on = i < whole, whole <= i < whole + mlp_only
         if isinstance(block, GradientCheckpointingLayer):
-            if (on or mlp_on) and not hasattr(block, "_gradient_checkpointing_func"):
+            if (on or mlp_on) and private.checkpoint_function(block) is None:
                 raise CogipError("enable gradient checkpointing on the model before choosing its parts")
             block.gradient_checkpointing = on
             if on:   # transformers' own function (offloading included), with the kept ops on top
-                plain = block.__dict__.setdefault("_cogip_plain_checkpoint_func", block._gradient_checkpointing_func)
-                block._gradient_checkpointing_func = (partial(plain, use_reentrant=False, context_fn=context_fn)
-                                                      if context_fn else plain)
+                plain = block.__dict__.setdefault("_cogip_plain_checkpoint_func", private.checkpoint_function(block))
+                private.set_checkpoint_function(block, partial(plain, use_reentrant=False, context_fn=context_fn)
+                                                if context_fn else plain)
         else:
             _wrap(block, kwargs)
             block._cogip_checkpoint = on
