@@ -653,7 +653,7 @@ def _stream_timed(scorer, batches, index_of, depth=3):
     """`scorer.answer_stream` over `batches`, each answer held 0.2 s (long enough that batches in flight together
     overlap) and timed: (answers in job order, {job: (start, end, frames traced meanwhile)})."""
     import time
-        spans, real = {}, scorer.answer_prepared
+    spans, real = {}, scorer.answer_prepared
 
     def timed(batch, dim, mode):
         j = index_of(batch)
@@ -691,7 +691,7 @@ def test_with_compiled_parts_new_shapes_run_alone_until_one_compiles_nothing(tra
     overlap, and what would recompile runs uncompiled (stance eager_on_recompile): nothing is traced.
     A batch of a shape already run goes in flight before that, and a new shape after it still compiles."""
     import torch._dynamo
-        torch._dynamo.reset()
+    torch._dynamo.reset()
     scorer = Scorer.load(str(trained["qwen"]), max_new_tokens=4, min_pixels=56 * 56, max_pixels=224 * 224)
     speed_up(scorer, "vision", compile_dynamic=None)   # torch's default: static graphs, then dynamic
     batches = _batches_of_new_sizes(scorer, 9, seed=0)
