@@ -11,7 +11,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RES=${RES:-/tmp/res}; mkdir -p "$RES"   # everything is written here; $OUT gets results.tgz of its logs and JSON
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # Bytecode kept between processes, as a user's install has it (pip writes it): without it every process compiled
-# ~2,650 modules' source again, ~11 s of a cog_test.sh call's start (docs/benchmarks.md, twenty-first round)
+# ~2,650 modules' source again, ~11 s of a cog_test.sh call's start (docs/performance.md)
 echo "bytecode: PYTHONDONTWRITEBYTECODE=${PYTHONDONTWRITEBYTECODE:-} PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-}"
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
 if [ -d .whl ]; then

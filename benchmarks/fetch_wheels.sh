@@ -4,7 +4,7 @@
 #   bash benchmarks/fetch_wheels.sh [DIR]   (default .whl; PY_VERSION=3.12, the GPU image's Python)
 # DeepSpeed is an sdist: built here into a pure-Python wheel (its ops are compiled on first use).
 # transformers 5.24.0 (with a huggingface-hub it accepts) is included because the GPU image's may be older
-# than the floor (cogip.TRANSFORMERS_FLOOR; 5.17 there in the fifteenth round) and every round's numbers
+# than the floor (cogip.TRANSFORMERS_FLOOR) and docs/performance.md's numbers
 # were taken with 5.24.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."

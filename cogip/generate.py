@@ -240,7 +240,7 @@ def _score_plot(path: Path, pairs, summary):
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cogip generate", description=__doc__.split("\n")[0])
     p.add_argument("--pipeline", default=os.environ.get("PIPELINE", "Qwen/Qwen-Image"),
                    help="Qwen-Image pipeline path or hub id (default: $PIPELINE or Qwen/Qwen-Image)")
@@ -269,8 +269,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trait", help="dimension to score (Aesthetics, Funniness, Emotional_Valence, Memorability)")
     p.add_argument("--score-prompt", choices=("full", "short"), default="full",
                    help="prompt wording the scorer was trained on (short: the synthetic bench's)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .flags import dashed
     from .published import GENERATE, translate
-    a = p.parse_args(translate(argv, GENERATE, "cogip generate"))   # the published batch_gene_image.py's flags too
+    p = build_parser()
+    a = p.parse_args(dashed(translate(argv, GENERATE, "cogip generate")))   # the published batch_gene_image.py's flags too
     if a.published_settings:
         a.dtype, a.negative_prompt = "float16", ""
         a.generator_device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -3,12 +3,21 @@ per-window loop, on equal windows (plain views) and on mixed window lengths (gro
 
 import numpy as np
 import pytest
+
+from cogip.accel import private
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from cogip.accel import attention
 from cogip.models.families import FAMILIES
+
+
+def fast(scorer, compile="none", compile_dynamic=True):
+    """A Scorer with cogip.accel's kernels and compiled blocks, as the benchmark loop runs it."""
+    from cogip.accel.scoring import speed_up
+    speed_up(scorer, compile, compile_dynamic)
+    return scorer
 
 
 def test_plan_views_for_equal_windows_groups_otherwise():
@@ -228,7 +237,7 @@ def test_compiled_vision_blocks_do_not_recompile_per_forward(tiny_models, family
     processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(112 * 112, 112 * 112))
     model = fam.load_model(tiny_models[family])
     torch._dynamo.reset()
-    scorer = Scorer(model, processor, fam, max_new_tokens=2, compile="vision")
+    scorer = fast(Scorer(model, processor, fam, max_new_tokens=2), "vision")
     rng = np.random.default_rng(0)
     images = lambda: [Image.fromarray(rng.integers(0, 256, (84, 112, 3), dtype=np.uint8)) for _ in range(2)]
     for _ in range(2):   # the first call compiles; a second settles what still would (static graphs: dynamic ones)
@@ -251,23 +260,23 @@ def test_compiled_vision_blocks_trace_nothing_for_new_image_sizes(tiny_models, f
     recompiled them, to dynamo's recompile limit. The attention is now opaque whole: once two sizes have
     made the blocks' shapes dynamic, new sizes trace nothing."""
     import torch._dynamo
-    from cogip.evaluate.scorer import Scorer, _frames_traced
+    from cogip.evaluate.scorer import Scorer
     fam = FAMILIES[family]
     processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
     torch._dynamo.reset()
-    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision",
-                    compile_dynamic=None)   # torch's default; dynamic from the first batch: the test below
+    scorer = fast(Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2), "vision",
+                  compile_dynamic=None)   # torch's default; dynamic from the first batch: the test below
     rng = np.random.default_rng(0)
     answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
                                           for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")
     try:
         for sizes in ([(84, 112), (84, 112)], [(112, 140), (112, 140)]):   # static shapes, then dynamic
             answer(sizes)
-        traced = _frames_traced()
+        traced = private.frames_traced()
         assert traced > 0
         for sizes in ([(56, 84), (140, 112)], [(112, 56), (70, 98)], [(98, 126), (126, 84)], [(60, 200), (100, 150)]):
             answer(sizes)
-            assert _frames_traced() == traced, sizes
+            assert private.frames_traced() == traced, sizes
     finally:
         torch._dynamo.reset()
 
@@ -281,21 +290,21 @@ def test_vision_blocks_compiled_dynamic_compile_once_whatever_the_first_batch(ti
     view, compiled graphs of its own."""
     import torch._dynamo
     from torch._dynamo.utils import guard_failures
-    from cogip.evaluate.scorer import Scorer, _frames_traced
+    from cogip.evaluate.scorer import Scorer
     fam = FAMILIES[family]
     processor = fam.load_processor(tiny_models[family], **fam.pixel_bounds(56 * 56, 224 * 224))
     torch._dynamo.reset()
-    scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2, compile="vision")
+    scorer = fast(Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=2), "vision")
     rng = np.random.default_rng(0)
     answer = lambda sizes: scorer.answer([Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
                                           for h, w in sizes], ["Rate it."] * len(sizes), "Aesthetics")
     try:
         answer([(224, 224)] * 3)
-        traced = _frames_traced()
+        traced = private.frames_traced()
         assert traced > 0
         for sizes in ([(112, 140), (200, 84), (150, 150)], [(84, 84), (196, 112), (140, 168)]):
             answer(sizes)
-            assert _frames_traced() == traced, sizes
+            assert private.frames_traced() == traced, sizes
         # nothing compiled twice, but for a second kind of block: Mllama's gated global encoder layers
         reasons = [r for failures in guard_failures.values() for r in failures]
         assert all(family == "llama" and "is_gated" in r for r in reasons), reasons
@@ -405,7 +414,7 @@ def test_compiled_vision_block_is_one_graph_when_scoring(tiny_models, monkeypatc
             torch._dynamo.reset()
             counters.clear()
             compilation_time_metrics.clear()
-            scorer = Scorer(fam.load_model(tmp_path), processor, fam, max_new_tokens=2, compile=compile)
+            scorer = fast(Scorer(fam.load_model(tmp_path), processor, fam, max_new_tokens=2), compile)
             reads.clear()
             answers[compile] = [(a.text, a.score) for a in scorer.answer(images, ["Rate it."] * 2, "Aesthetics")]
             plan_reads[compile] = len(reads)
@@ -439,7 +448,7 @@ def test_compiled_language_parts_share_one_graph_for_prefill_and_decoding(tiny_m
             torch._dynamo.reset()
             counters.clear()
             guard_failures.clear()
-            scorer = Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=3, compile=compile)
+            scorer = fast(Scorer(fam.load_model(tiny_models[family]), processor, fam, max_new_tokens=3), compile)
             answers[compile] = [(a.text, a.score) for a in scorer.answer(images, ["Rate it."] * 2, "Aesthetics")]
         assert answers["all"] == answers["none"]
         vision_kinds = 2 if family == "llama" else 1   # Mllama's gated global layers: a second kind of block

@@ -78,16 +78,16 @@ def test_scaling_smoke(tmp_path):
     sizes = {Image.open(p).size for p in (tmp_path / "images").rglob("*.jpg")}   # SIZE_RANGE: images of varied sizes
     assert len(sizes) > 10 and all(60 <= w <= 110 and 60 <= h <= 110 for w, h in sizes)
     # a named run with extra cog_test.sh arguments and launcher environment: an output folder of its own
-    env["RUNS"] = "eval_0gpu@--prefetch=1@--no-pin-memory@--profile-batches=1@SEED=7"
+    env["RUNS"] = "eval_0gpu@--prefetch=1@--no-pin-memory@--profile-batches=1@MODE=expected"
     run = subprocess.run(["bash", ROOT / "benchmarks" / "scaling.sh"], cwd=ROOT, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     data = json.loads((tmp_path / "out" / "scaling.json").read_text())
-    name = "eval_0gpu_--prefetch=1_--no-pin-memory_--profile-batches=1_SEED=7"
+    name = "eval_0gpu_--prefetch=1_--no-pin-memory_--profile-batches=1_MODE=expected"
     extra = data[name]
     assert extra["items"] == 32 and extra["loader"]["prefetch"] == 1 and extra["loader"]["pin_memory"] is False
     run_info = tmp_path / name / "Aesthetics" / "run.json"
-    assert json.loads(run_info.read_text())["seed"] == 7   # the environment reached the launcher
+    assert json.loads(run_info.read_text())["mode"] == "expected"   # the environment reached the launcher
     assert (tmp_path / "out" / f"{name}_profile.txt").read_text().startswith("the loop's first 1 batches")   # back with OUT
     # FAMILY=llama: Llama's launcher and model, in a work folder of its own
     env.update(FAMILY="llama", RUNS="sft_none_0gpu", WORK=str(tmp_path / "llama"))

@@ -523,7 +523,7 @@ def test_one_batch_of_several_dimensions(trained, synth_bench, mode):
 def test_expected_mode_reads_a_number_after_an_id_the_tokenizer_lacks(tiny_models, family):
     """Models pad their vocabulary past the tokenizer's (Qwen2.5-VL-7B: 152064 rows for 151665 tokens), and
     weights that are random or poorly trained do emit those ids, which have no token. A whole cog_test.sh
-    call in expected mode stopped on one in front of the number (eighteenth round); it is read, unsigned."""
+    call in expected mode stopped on one in front of the number; it is read, unsigned."""
     from cogip.evaluate.scorer import Answer
     from cogip.loss import NumberTokens
     scorer = Scorer.load(str(tiny_models[family]))

@@ -10,7 +10,7 @@ what makes transformers hand the vision attention its `cu_seqlens` instead of lo
 
 Llama-3.2-Vision — padding pairs: Mllama's vision mask forbids only padding patches attending to
 padding patches (an outer product of padding flags), yet it reaches SDPA as a dense additive
-[L, L] bias, whose backward ran at ~160 TFLOP/s and took 45% of an 11B training step (H200). Every
+[L, L] bias, whose backward is slow and was the largest part of an 11B training step. Every
 real patch attends to every patch, so one unmasked SDPA call is exact for all real rows; the few
 padding rows are then recomputed over the real keys only.
 
@@ -25,7 +25,7 @@ When scoring on a GPU, flash's variable-length kernel takes both packed forms wh
   kernel; but each item's tokens are one contiguous run of its row, so the batch's rows laid end to end are
   segments (padding, tokens), causal within each: exact for every real token, with no copy (`packed_prefill_sdpa`).
 On images of varied sizes, the gathers, scatters and memory-efficient attention these replace took 21% of a compiled
-loop's kernel time (docs/benchmarks.md, twenty-third round).
+loop's kernel time (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
     if isinstance(plan, int):
         q, k, v = (t[0].view(heads, total // plan, plan, dim).transpose(0, 1) for t in (query, key, value))
         o = F.scaled_dot_product_attention(q, k, v, scale=scaling, is_causal=is_causal)   # [n, H, L, D]
-        out.view(total // plan, plan, heads, dim).copy_(o.transpose(1, 2))   # ~0.3% of a batch (H200, estimated)
+        out.view(total // plan, plan, heads, dim).copy_(o.transpose(1, 2))
         return out
     q, k, v = query[0], key[0], value[0]                              # [H, T, D]
     for idx, _ in plan:
@@ -148,9 +148,9 @@ def _windowed_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Ten
 # caches, traced, change with every forward, and its index tensors with every new mix of image sizes; either
 # recompiled the block up to dynamo's recompile limit. With the equal-length branch in view (until 2026-11-29),
 # blocks compiled on a batch of same-size images traced again at the first batch of mixed sizes
-# (docs/benchmarks.md, nineteenth round). As a graph break (training), dynamo splits the block around it and
+# (docs/performance.md). As a graph break (training), dynamo splits the block around it and
 # traces the pieces again from the start; as a custom op (scoring) the block is one graph, traced once: a
-# compiled loop's first batch waits for tracing (docs/benchmarks.md, twentieth round).
+# compiled loop's first batch waits for tracing (docs/performance.md).
 _windowed_sdpa = torch.compiler.disable(_windowed_attention)
 
 

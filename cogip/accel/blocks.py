@@ -28,10 +28,10 @@ STATELESS_CHILDREN = ("MLP", "Norm")                        # parts of a languag
 
 # What a checkpointed block may keep from its forward instead of recomputing it (selective activation
 # checkpointing). The attention kernels' outputs: on long sequences the attention forward is a large
-# part of a recomputation (Mllama's 6432 vision patches: ~90 ms of a 1.2 s step on an H100), and its
+# part of a recomputation (Mllama's 6432 vision patches), and its
 # output (plus a log-sum-exp per row) is the size of one hidden state. The backward still needs the
 # query, key and value, which the recomputation rebuilds from the block's input with cheap matmuls.
-# Off by default: the Llama step, host-bound elsewhere, measured no faster (docs/benchmarks.md).
+# Off by default: the Llama step, host-bound elsewhere, measured no faster (docs/performance.md).
 _SDPA_OPS = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
              "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu")
 KEEPABLE = {"attention": _SDPA_OPS}
@@ -178,7 +178,7 @@ def graph_blocks(model, family: Family, parts: str | Iterable[str], mode: str | 
     (`torch.compile(mode="reduce-overhead")`); returns how many. `mode=None` compiles them whole without
     graphs (measured slower for Llama; a benchmark variant). For parts whose step is host-bound:
     Llama-3.2-Vision's 40 LoRA language layers over ~150 tokens take the host longer to issue than the GPU
-    to run (docs/benchmarks.md, tenth round). A graph replays for one input shape: the SFT collator pads
+    to run (docs/performance.md). A graph replays for one input shape: the SFT collator pads
     sequence lengths to a multiple (`GRAPH_PAD_MULTIPLE`), so a run records a few. Not for blocks that are
     checkpointed, nor under ZeRO-3 or FSDP, whose gathered parameters move between steps (callers check).
     On a CPU the blocks are compiled without graphs. `accumulate`: gradients are accumulated over

@@ -1,6 +1,6 @@
 """Where a stretch of work spends its time, shared by the SFT entry point (`--profile_step`,
 `--timeline_step`), the benchmark loop's timing.json and the benchmark scripts, so every figure in
-docs/benchmarks.md reads the same way:
+docs/performance.md reads the same way:
 
 - `start_profile`, `timeline` / `report`: a torch.profiler run's GPU busy and idle time, collectives,
   the host's waits on the device, and the top operators;

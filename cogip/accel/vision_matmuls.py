@@ -1,18 +1,16 @@
 """Qwen2-VL / Qwen2.5-VL vision-tower matrix products in the shapes cuBLAS runs fast. Both rewrites
-are exact up to summation order, keep the parameters, their shapes and the state dict as they are,
-and were measured on an H200 (docs/benchmarks.md, seventh round).
+are exact up to summation order and keep the parameters, their shapes and the state dict as they
+are (gains: docs/performance.md).
 
 Patch embedding. It is a Conv3d whose kernel equals its stride and each input is exactly one patch
 ([N, C, T, P, P] -> [N, E, 1, 1, 1]), i.e. a linear map of the flattened patch. torch 2.11 runs that
-bf16 Conv3d as an implicit-GEMM fallback kernel: 17.7 ms for a batch of 32 images at 1024 visual
-tokens, for ~0.4 TFLOP that a GEMM does in about a millisecond. Only the Conv3d's `forward` is
+bf16 Conv3d as an implicit-GEMM fallback kernel, many times slower than the GEMM of the same work. Only the Conv3d's `forward` is
 replaced, so its module hooks still run.
 
 Gated MLP width. Qwen2.5-VL's vision MLP is 1280 -> 3420 -> 1280, and 3420 bf16 values are no
-multiple of 16 bytes: eager cuBLAS falls back to slow unaligned kernels (14.9 ms per block at 131072
-patches), and torch.compile pads the GEMMs itself but then adds each bias by a broadcast copy of the
-[131072, 3424] output (6.7 ms). With the weights zero-padded to 3424 in the forward (F.pad: cheap,
-and differentiable, so training is unchanged) cuBLAS adds the biases in its epilogue: 5.6 ms. The
+multiple of 16 bytes: eager cuBLAS falls back to slow unaligned kernels, and torch.compile pads the
+GEMMs itself but then adds each bias by a broadcast copy of the padded output. With the weights zero-padded to 3424 in the forward (F.pad: cheap,
+and differentiable, so training is unchanged) cuBLAS adds the biases in its epilogue. The
 padded columns are exact zeros (zero weights and biases), so they add nothing. Compiled, inductor
 would bring back the broadcast copies, so a compiled block keeps the three linears whole: opaque ops
 when a scorer compiles (`cogip::linear`), the MLP uncompiled (a graph break) when training.

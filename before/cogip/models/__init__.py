@@ -1,0 +1,1 @@
+"""Model families (one adapter interface, three families) and the offline tiny-model factory."""

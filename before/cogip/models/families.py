@@ -1,0 +1,231 @@
+"""The one model-adapter interface (lmms-eval style): what differs between the three families.
+
+Everything else (data, loss, trainer, benchmark loop, generation swap) is family-agnostic and
+talks to a model only through a `Family`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import CogipError
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    hub_id: str                         # the real checkpoint users fine-tune by default
+    model_class: str                    # transformers class, loaded by name
+    end_of_turn: str                    # token that closes an answer (the training target ends with it)
+    vision_prefixes: tuple[str, ...]    # parameter-name prefixes of the vision tower
+    projector_prefixes: tuple[str, ...] # … of the vision→language projector / merger
+    language_prefix: str                # … of the language model (LoRA goes only here)
+    images_nested: bool                 # processor wants one list of images per sample
+
+    # LoRA on the language model's linear layers only: the vision blocks of Qwen also have
+    # gate/up/down_proj, and lm_head / embed_tokens stay out as in the published recipe.
+    @property
+    def lora_target_modules(self) -> str:
+        return (rf"^(?:.*\.)?{self.language_prefix}\..*\."
+                r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$")
+
+    def model_cls(self):
+        import transformers
+        return getattr(transformers, self.model_class)
+
+    def load_model(self, path: str | os.PathLike, dtype: Any = "auto", device: str | None = None, **kwargs):
+        """`from_pretrained` of a hub id or a local checkpoint folder; with `device`, the weights loaded straight
+        onto it (device_map), not into host memory first and then moved."""
+        if device:
+            kwargs["device_map"] = {"": device}
+        try:
+            return self.model_cls().from_pretrained(str(path), dtype=dtype, **kwargs)
+        except OSError as e:
+            raise CogipError(f"cannot load a {self.name} model from {path}: {str(e).splitlines()[0]}") from None
+
+    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
+        """Qwen's image-size bounds as processor kwargs; the other families use fixed tiles: {}."""
+        if self.name != "qwen":
+            return {}
+        return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
+
+    def load_processor(self, path: str | os.PathLike, **overrides):
+        from transformers import AutoProcessor
+        bounds = {k: overrides.pop(k) for k in ("min_pixels", "max_pixels") if k in overrides}
+        try:
+            processor = AutoProcessor.from_pretrained(str(path), **overrides)
+        except OSError as e:
+            raise CogipError(f"cannot load a {self.name} processor from {path}: {str(e).splitlines()[0]}") from None
+        if bounds:
+            self.set_pixel_bounds(processor, **bounds)
+        return processor
+
+    @staticmethod
+    def set_pixel_bounds(processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+        """Qwen's image-size bounds, set where transformers 5 keeps them (the image processor's `size`).
+        Given to `from_pretrained` or set as attributes, they reach every processor call as deprecated
+        keyword arguments, with a FutureWarning per call."""
+        import dataclasses
+        image_processor = processor.image_processor
+        size = image_processor.size
+        fields = dataclasses.asdict(size) if dataclasses.is_dataclass(size) else dict(size)
+        if min_pixels:
+            fields["shortest_edge"] = min_pixels
+        if max_pixels:
+            fields["longest_edge"] = max_pixels
+        image_processor.size = type(size)(**fields)
+
+    def visual_tokens_added(self, processor, width: int, height: int) -> int:
+        """How many tokens an image of this size adds to its chat text's: Qwen's one image placeholder
+        becomes its grid within the processor's pixel bounds (its own smart_resize), merged 2x2. 0 for the
+        others, whose images add no length that varies (Gemma: 256 tokens each; Mllama: cross-attention)."""
+        ip = processor.image_processor
+        if self.name != "qwen" or not hasattr(ip, "merge_size"):   # not Qwen's processor: loading the model says so
+            return 0
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+        factor = ip.patch_size * ip.merge_size
+        try:
+            h, w = smart_resize(height, width, factor, ip.size.shortest_edge, ip.size.longest_edge)
+        except ValueError:   # an extreme aspect ratio, which the processor rejects when it meets the image
+            return 0
+        return (h // factor) * (w // factor) - 1
+
+    def chat_prompt(self, processor, prompt: str) -> str:
+        """The family's chat text for one image + one user prompt, ending where the answer starts."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, processor, texts: list[str], images: list, **kwargs):
+        """Chat texts and their images -> model inputs. A chat text already holds every special token its
+        template renders, BOS included, so the tokenizer adds none of its own: Llama's and Gemma's would
+        put a second BOS before the template's (transformers' apply_chat_template tokenizes the same way)."""
+        return processor(text=texts, images=self.images_arg(images), add_special_tokens=False, **kwargs)
+
+    def images_arg(self, images: list) -> list:
+        return [[im] for im in images] if self.images_nested else list(images)
+
+    def param_group(self, name: str) -> str:
+        """'vision', 'projector' or 'language' for a parameter name (PEFT prefixes tolerated)."""
+        name = name.replace("modules_to_save.default.", "").replace("original_module.", "")
+        for group, prefixes in (("projector", self.projector_prefixes), ("vision", self.vision_prefixes)):
+            if any(f"{p}." in name or name.startswith(p) for p in prefixes):
+                return group
+        return "language"
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen": Family("qwen", "Qwen/Qwen2.5-VL-7B-Instruct", "Qwen2_5_VLForConditionalGeneration", "<|im_end|>",
+                   vision_prefixes=("visual",), projector_prefixes=("visual.merger",),
+                   language_prefix="language_model", images_nested=False),
+    "llama": Family("llama", "meta-llama/Llama-3.2-11B-Vision-Instruct", "MllamaForConditionalGeneration",
+                    "<|eot_id|>", vision_prefixes=("vision_model",), projector_prefixes=("multi_modal_projector",),
+                    language_prefix="language_model", images_nested=True),
+    "gemma": Family("gemma", "google/gemma-3-12b-it", "Gemma3ForConditionalGeneration", "<end_of_turn>",
+                    vision_prefixes=("vision_tower",), projector_prefixes=("multi_modal_projector",),
+                    language_prefix="language_model", images_nested=True),
+}
+
+
+def get_family(name: str) -> Family:
+    key = name.lower()
+    for fam in FAMILIES.values():
+        if key == fam.name or key in fam.hub_id.lower() or key in fam.model_class.lower():
+            return fam
+    raise CogipError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def resolve_family(model_id: str | os.PathLike, family: str | None = None) -> Family:
+    """The family of a model source — a hub id, a checkpoint folder or a LoRA adapter folder — from its files
+    where it has them (config.json's model_type; an adapter's recorded family or base), checked against
+    `family` when given. Called before anything loads, so a wrong source fails in one line, not after the
+    weights."""
+    check_source(model_id)
+    found, what = _family_of(str(model_id))
+    if family:
+        fam = get_family(family)
+        if found is not None and found is not fam:
+            raise CogipError(f"{what}, not {fam.name}: use the {found.name} scripts (sft/{found.name}/, "
+                             f"evaluation/{found.name}/) or a {fam.name} model", file=str(model_id))
+        return fam
+    if found is None:
+        raise CogipError(f"cannot tell the model family of {model_id}: pass --family ({', '.join(FAMILIES)})")
+    return found
+
+
+def detect_family(path: str | os.PathLike) -> Family:
+    """The family of a checkpoint folder, from its config's model_type."""
+    import json
+    cfg = os.path.join(str(path), "config.json")
+    if not os.path.isfile(cfg):
+        raise CogipError("no config.json: pass --family", file=cfg)
+    model_type = json.load(open(cfg)).get("model_type", "")
+    for key, fam in (("qwen2_5_vl", "qwen"), ("qwen2_vl", "qwen"), ("mllama", "llama"), ("gemma3", "gemma")):
+        if model_type.startswith(key):
+            return FAMILIES[fam]
+    raise CogipError(f"model_type {model_type!r} is not a supported family", file=cfg)
+
+
+def _family_of(source: str) -> tuple[Family | None, str]:
+    """(family, how it was found) of a source, or (None, "") where its files or name do not say."""
+    import json
+    if os.path.isfile(os.path.join(source, "config.json")):
+        fam = detect_family(source)
+        model_type = json.load(open(os.path.join(source, "config.json"))).get("model_type")
+        return fam, f"{source} is a {fam.name} checkpoint (model_type {model_type!r})"
+    adapter = os.path.join(source, "adapter_config.json")
+    if os.path.isfile(adapter):
+        info = os.path.join(source, "cogip_train.json")   # written beside a cogip SFT run's weights
+        recorded = json.load(open(info)).get("family") if os.path.isfile(info) else None
+        if recorded in FAMILIES:
+            return FAMILIES[recorded], f"{source} is an adapter of a {recorded} model"
+        base = json.load(open(adapter)).get("base_model_name_or_path")
+        if base and (os.path.isdir(base) or not _looks_like_path(base)):
+            fam, _ = _family_of(base)
+            if fam is not None:
+                return fam, f"{source} is an adapter of {base}, a {fam.name} model"
+        return None, ""
+    if os.path.isdir(source):
+        raise CogipError("neither a checkpoint (config.json) nor a LoRA adapter (adapter_config.json)", file=source)
+    name = source.lower()   # a hub id: its name, where it names a family
+    named = [f for f in FAMILIES.values() if name == f.hub_id.lower() or f.name in name]
+    return (named[0], f"{source} is a {named[0].name} model") if len(named) == 1 else (None, "")
+
+
+def _looks_like_path(source: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else the user meant as a folder."""
+    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def check_source(source: str | os.PathLike) -> None:
+    """A model source that can be loaded, or one line saying why not, in seconds: a folder that is not
+    there; a hub id that is neither cached nor reachable (transformers would retry for minutes)."""
+    source = str(source)
+    if os.path.isdir(source):
+        return
+    if os.path.exists(source):
+        raise CogipError("not a folder (a model is a checkpoint or adapter folder, or a hub id)", file=source)
+    if _looks_like_path(source):
+        raise CogipError("no such folder", file=source)
+    import huggingface_hub as hub
+    from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
+    if any(isinstance(hub.try_to_load_from_cache(source, f), str) for f in ("config.json", "adapter_config.json")):
+        return
+    if hub.constants.HF_HUB_OFFLINE:
+        raise CogipError(f"{source} is not a local folder nor in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
+                         f"download it first (hf download {source}) or pass its folder")
+    try:
+        hub.get_hf_file_metadata(hub.hf_hub_url(source, "config.json"), timeout=5)
+    except EntryNotFoundError:   # e.g. an adapter repository: loading it says the rest
+        return
+    except GatedRepoError:
+        raise CogipError(f"{source} is gated on the Hugging Face hub: accept its licence there and log in "
+                         f"(hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise CogipError(f"{source}: no such model on the Hugging Face hub (or a private one: log in), and no "
+                         f"such local folder") from None
+    except Exception as e:   # no network, a proxy, the hub down: the transport's own error types vary
+        raise CogipError(f"cannot reach the Hugging Face hub for {source} ({type(e).__name__}): pass a local "
+                         f"folder, or download it where there is network; HF_HUB_OFFLINE=1 uses the cache "
+                         f"only") from None

@@ -1,0 +1,1 @@
+"""Supervised fine-tuning (soft-label LoRA or full), adapter merging, GRPO."""
