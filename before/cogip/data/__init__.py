@@ -1,1 +1,0 @@
-"""CogIP-Bench data: readers and writers of the published layout, the synthetic bench, validation."""

@@ -1,3 +1,0 @@
-"""Scoring models on CogIP-Bench: the scorer (Python API) and the benchmark loop."""
-
-from .scorer import Scorer  # noqa: F401

@@ -1,1 +1,0 @@
-"""Model families (one adapter interface, three families) and the offline tiny-model factory."""

@@ -1,1 +1,0 @@
-"""Supervised fine-tuning (soft-label LoRA or full), adapter merging, GRPO."""
