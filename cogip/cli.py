@@ -142,12 +142,15 @@ ENTRY_POINTS = {"evaluate": ("cogip.evaluate.cli", "main"), "train": ("cogip.tra
                 "generate": ("cogip.generate", "main"), "demo": ("cogip.demo", "main")}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, as_process: bool = False) -> int:
+    """`as_process`: this call is the whole process (`python -m cogip`), which `cogip evaluate` may then end
+    without the interpreter's teardown once its outputs are written."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ENTRY_POINTS:
         import importlib
         module, fn = ENTRY_POINTS[argv[0]]
-        return getattr(importlib.import_module(module), fn)(argv[1:])
+        kwargs = {"end_process": True} if as_process and argv[0] == "evaluate" else {}
+        return getattr(importlib.import_module(module), fn)(argv[1:], **kwargs)
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)

@@ -221,7 +221,7 @@ def test_cog_test_scores_the_items_of_an_earlier_run(trained, synth_bench, tmp_p
     earlier = tmp_path / "earlier"
     earlier.mkdir()
     (earlier / "sample_indices_Funniness.json").write_text("[0, 2]")   # the published loop's file
-    run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / "out", INDICES_FROM=earlier, SAMPLE_N=3)
+    run = cog_test("qwen", trained["qwen"], synth_bench, tmp_path / "out", "--indices-from", earlier, SAMPLE_N=3)
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert {d: m["n"] for d, m in summary.items()} == {"Aesthetics": 8, "Emotional_Valence": 8, "Funniness": 2,
@@ -308,7 +308,7 @@ def test_data_parallel_ranks_started_at_any_time(trained, synth_bench, tmp_path)
 def test_data_parallel_evaluation_in_two_processes(trained, synth_bench, tmp_path):
     """Two gloo processes (torchrun on the CPU): each answers its share into its own records file, rank 0
     gathers them, and the metrics are the one-process run's; both processes exit cleanly."""
-    args = ["-m", "cogip.evaluate.loop", "--model-id", str(trained["qwen"]), "--test-dir",
+    args = ["-m", "cogip", "evaluate", "--model-id", str(trained["qwen"]), "--test-dir",
             str(synth_bench / "test_msg_file"), "--image-root", str(synth_bench / "cognition/cognition_images"),
             "--dims", "Aesthetics", "Funniness", "--batch-size", "3", "--mode", "expected", "--dtype", "float32",
             "--min-pixels", "7056", "--max-pixels", "7056"]

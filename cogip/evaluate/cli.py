@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, end_process: bool = False) -> int:
+    """`end_process`: the process ends here once the outputs are written (cogip.accel; `python -m cogip`)."""
     from ..accel.scoring import MAIN_STARTED, engine_for
     MAIN_STARTED.append(time.perf_counter())
     from ..published import EVALUATE, translate
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cogip evaluate: error: {e}", file=sys.stderr)
         return 2
     code = exit_code("cogip evaluate", _evaluate, a, engine)
-    if engine is not None:
+    if engine is not None and end_process:
         engine.end_process(code)
     return code
 
@@ -105,4 +106,4 @@ def _evaluate(a, engine) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(end_process=True))
