@@ -282,7 +282,7 @@ def apply_liger(model, config: dict | None = None) -> None:
     import importlib.util
     if importlib.util.find_spec("liger_kernel") is None:
         raise CogipError("Liger kernels asked for (--use_liger_kernel True) but liger-kernel is not installed: "
-                         "pip install -e '.[gpu]', or LIGER=False")
+                         "pip install -e '.[gpu]', or --use_liger_kernel False")
     from transformers.integrations.liger import apply_liger_kernel
     apply_liger_kernel(model, {"fused_linear_cross_entropy": False, "cross_entropy": False, **(config or {})})
 
