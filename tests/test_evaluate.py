@@ -388,7 +388,7 @@ class Padding(Counting):
 
 def test_batches_hold_items_of_like_length(trained, synth_bench, tmp_path):
     """Real images differ in size, and a batch pads each item to its longest: items now run longest first,
-    so like lengths share a batch. `prepare.length` is each item's exact sequence length, and the records are
+    so like lengths share a batch. `Lengths` is each item's exact sequence length, and the records are
     the same items with the same answers as batches of one, which pad nothing."""
     from cogip.data.layout import read_test_messages
     bench = _broken(synth_bench, tmp_path)
@@ -407,7 +407,9 @@ def test_batches_hold_items_of_like_length(trained, synth_bench, tmp_path):
     batched = run_benchmark(padding, out=tmp_path / "batched", batch_size=4, **kw)
     lengths = [n for call in padding.calls for n in call]
     assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 4   # longest first, sizes that vary
-    listed = [scorer.prepare.length(Image.open(images / item.image).size, item.prompt) for d in dims for item in items[d]]
+    from cogip.accel.scoring import Lengths
+    length = Lengths(scorer.prepare)
+    listed = [length(Image.open(images / item.image).size, item.prompt) for d in dims for item in items[d]]
     assert sorted(listed, reverse=True) == lengths                              # exact, for every item
     pad = lambda ls: sum(max(ls[k:k + 4]) * len(ls[k:k + 4]) - sum(ls[k:k + 4]) for k in range(0, len(ls), 4))
     assert pad(lengths) < pad(listed) / 2                                       # in listed order: over twice the padding
@@ -423,7 +425,8 @@ class MarkingPreparer:
     """A BatchPreparer that leaves a file behind when it first runs (in a loader worker)."""
 
     def __init__(self, prepare, mark: Path):
-        self.prepare, self.mark, self.dtype, self.length = prepare, mark, prepare.dtype, prepare.length
+        self.prepare, self.mark, self.dtype = prepare, mark, prepare.dtype
+        self.family, self.processor = prepare.family, prepare.processor
 
     def __call__(self, images, prompts):
         self.mark.touch()
