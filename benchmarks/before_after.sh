@@ -32,7 +32,7 @@ import json, sys; t = json.load(open(sys.argv[1])); print(json.dumps({k: t.get(k
 for s in ${SECTIONS:-prep sft eval}; do
   case $s in
     prep) prep ;;
-    sft) sft "$BEFORE" before; sft "$AFTER" after; sft "$BEFORE" before2; sft "$AFTER" after2 ;;
+    sft) sft "$BEFORE" before; sft "$AFTER" after ;;
     eval) evaluate "$BEFORE" before; evaluate "$AFTER" after ;;
   esac
 done
