@@ -15,7 +15,7 @@ prep() {
 }
 sft() {   # sft TREE NAME
   local out="$W/sft_$2"; rm -rf "$out"
-  (cd "$1" && MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/images" OUTPUT_DIR="$out" \
+  (cd "$1" && MODEL_ID="$W/model" DATA_PATH="$W/bench/cognition_training.json" IMAGE_FOLDER="$W/images" OUTPUT_DIR="$out" OUT="$out" \
     MIN_PIXELS=$((256 * 28 * 28)) MAX_PIXELS=$((1280 * 28 * 28)) NUM_GPUS=1 LAUNCHER=torchrun GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 \
     bash sft/qwen/finetune_lora.sh --max_steps "$STEPS" --save_strategy no --report_to none > "$W/sft_$2.log" 2>&1)
   echo "sft_$2 rc=$? $($PY -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["throughput"]))' "$out/cogip_train.json" 2>&1 | tail -1)"
@@ -34,5 +34,6 @@ for s in ${SECTIONS:-prep sft eval}; do
     prep) prep ;;
     sft) sft "$BEFORE" before; sft "$AFTER" after ;;
     eval) evaluate "$BEFORE" before; evaluate "$AFTER" after ;;
+    eval_reversed) evaluate "$AFTER" after; evaluate "$BEFORE" before ;;
   esac
 done
