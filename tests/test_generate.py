@@ -64,7 +64,8 @@ def test_same_seed_same_image_aligned_differs_batch_equals_alone(setup, tmp_path
     for enc in ("default", "aligned"):                                                    # batch == alone
         assert np.array_equal(_pixels(tmp_path / f"batch/{enc}/b_0.png"), _pixels(tmp_path / f"alone/{enc}/b_0.png"))
     combined = Image.open(tmp_path / "batch/combined/b_0.png")
-    assert combined.width == 64 and combined.height > 32
+    # the two 32-px images enlarged to 256 px side by side (8 px apart), labels above, the prompt below
+    assert combined.width == 2 * 256 + 8 and combined.height > 256
 
 
 def test_resume_regenerates_only_missing(setup, tmp_path):

@@ -33,7 +33,7 @@ def test_published_reward_values():
 def grpo_env(tiny_models, synth_bench, out, **extra):
     return dict(os.environ, MODEL_ID=str(tiny_models["qwen"]), DATA_PATH=str(synth_bench / "cognition_training.json"),
                 IMAGE_FOLDER=str(synth_bench / "cognition/cognition_images"), OUTPUT_DIR=str(out), NUM_GPUS="0",
-                REPORT_TO="none", MIN_PIXELS="7056", MAX_PIXELS="7056", **extra)
+                MIN_PIXELS="7056", MAX_PIXELS="7056", **extra)
 
 
 def test_grpo_launcher_runs_the_published_recipe(tiny_models, synth_bench, tmp_path):
@@ -64,9 +64,9 @@ def test_grpo_launcher_runs_the_published_recipe(tiny_models, synth_bench, tmp_p
 
 
 def test_grpo_lora_variant(tiny_models, synth_bench, tmp_path):
-    env = grpo_env(tiny_models, synth_bench, tmp_path / "grpo", TUNE_MODE="lora", NUM_GENERATIONS="4",
-                   PER_DEVICE_BATCH="4", REWARD="per-dimension-range")
-    run = subprocess.run(["bash", ROOT / "sft/qwen/finetune_grpo.sh", "--max_steps", "1", "--max_completion_length", "8"],
+    env = grpo_env(tiny_models, synth_bench, tmp_path / "grpo", PER_DEVICE_BATCH="4")
+    run = subprocess.run(["bash", ROOT / "sft/qwen/finetune_grpo.sh", "--max_steps", "1", "--max_completion_length", "8",
+                          "--tune_mode", "lora", "--num_generations", "4", "--reward", "per-dimension-range"],
                          env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "grpo/adapter_model.safetensors").is_file()
