@@ -219,7 +219,7 @@ def write_report(out: Path, st: Stages, results: dict, families: list[str]) -> N
         g = json.loads((out / "generation" / s / "score_summary.json").read_text())
         lo, hi = g["difference_ci95"]
         parts.append(f"| {s} | {g['pairs']} | {g['unscored']} | {_fmt(g['mean_default'])} | {_fmt(g['mean_aligned'])} | "
-                     f"{_fmt(g['mean_difference'])} | {'—' if lo is None else f'[{lo:.3f}, {hi:.3f}]'} | "
+                     f"{_fmt(g['mean_difference'])} | {'—' if lo is None else f'[{_fmt(lo)}, {_fmt(hi)}]'} | "
                      f"{_fmt(g['win_rate_aligned'], 2)} |")
     parts += ["", "Side by side: " + ", ".join(f"[{s}](generation/{s}/combined/0000_0.png)"
                                              for s in ("aesthetics", "funniness", "emotion", "memorability")), "",
