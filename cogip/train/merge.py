@@ -1,4 +1,4 @@
-"""`python -m cogip.train.merge` — fold a LoRA adapter (and the non-LoRA weights trained beside it:
+"""`cogip merge` — fold a LoRA adapter (and the non-LoRA weights trained beside it:
 vision tower, merger/projector) into a full checkpoint that loads with `from_pretrained`."""
 
 from __future__ import annotations

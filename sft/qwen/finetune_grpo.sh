@@ -5,6 +5,19 @@
 # any `cogip grpo` option as an argument wins (e.g. --reward per-dimension-range, --tune_mode lora).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  cat <<'HELP'
+usage: [VAR=value ...] bash sft/qwen/finetune_grpo.sh [cogip grpo options]
+
+GRPO of Qwen2.5-VL (trl) with the published recipe (sft/qwen/grpo.yaml): language model frozen, vision tower
+and merger trained, 2 generations per prompt, the published reward.
+
+Variables: MODEL_ID DATA_PATH IMAGE_ROOT OUT NUM_GPUS GLOBAL_BATCH (4) PER_DEVICE_BATCH (1) MIN_PIXELS MAX_PIXELS
+Main options: --reward published|per-dimension-range, --tune-mode frozen-llm|lora|full, --num-generations N,
+  --max-steps N, --accel off; every option of docs/train.md's Model and Speed tables, and trl's GRPOConfig.
+HELP
+  exit 0
+fi
 source "$HERE/../../scripts/lib.sh"
 devices=$(( NUM_GPUS > 0 ? NUM_GPUS : 1 ))
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-1}
