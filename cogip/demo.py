@@ -40,12 +40,11 @@ def _follow(stream, log, stage: str) -> None:
                 log.write(line + "\n")
                 line = ""
             elif piece == "\r":
-                if _BAR.search(line):
+                if _BAR.search(line):   # a bar's redraw: onto the console, and only its last state into the log
                     width = shutil.get_terminal_size((100, 20)).columns - 1
                     sys.stdout.write("\r" + f"  [{stage}] {line.strip()}"[:width].ljust(width))
                     sys.stdout.flush()
-                    shown = True
-                line = "" if _BAR.search(line) else line
+                    shown, line = True, ""
             else:
                 line += piece
     if line:

@@ -13,8 +13,7 @@ from pathlib import Path
 from .data.layout import BenchItem, read_test_messages, read_training_json, test_dimension_folders
 from .data.images import open_image
 from .errors import CogipError
-from .models.families import Family, resolve_family
-from .models.families import FAMILIES
+from .models.families import FAMILIES, Family, resolve_family
 
 
 def render(tokenizer, ids: list[int]) -> str:

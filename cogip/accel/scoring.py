@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data.images import check_images, open_image
+from ..data.images import check_images, open_image, raise_first
 from ..data.layout import write_atomic, write_json
 from ..dims import get_dimension
 from ..errors import CogipError
@@ -459,9 +459,7 @@ class FastEngine:
         def passed_check() -> None:
             nonlocal checked
             if not checked:
-                problems = checking.result()
-                if problems:
-                    raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+                raise_first(checking.result())
                 checked = True
 
         self.arrived, self.answered, self.padded_tokens = [], [], []   # timing.json's timeline

@@ -33,6 +33,12 @@ def _problem(pair) -> str | None:
     return None
 
 
+def raise_first(problems: list[str]) -> None:
+    """`check_images`' error lines as one CogipError: the first, and how many more (nothing where none)."""
+    if problems:
+        raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
 def check_images(paths: Iterable[tuple[str | os.PathLike, str | int | None]], desc: str = "check images",
                  workers: int | None = None, progress: bool = True) -> list[str]:
     """Decode every (path, item) pair, on a thread pool (decoding releases the GIL); returns one error

@@ -83,17 +83,13 @@ def _evaluate(a, engine) -> None:
     if launched != state.num_processes:   # else each would answer every item into the same files
         raise CogipError(f"launched as one of {launched} processes, but accelerate runs {state.num_processes}; "
                          f"launch with `accelerate launch --num_processes N` (NUM_GPUS=N in cog_test.sh)", file=a.out)
-    from ..models.families import resolve_family
     from .scorer import ScorerLoading
-    bounds = resolve_family(a.model_id, a.family).default_pixels   # the published runs' image sizes
-    if bounds:
-        a.min_pixels, a.max_pixels = a.min_pixels or bounds[0], a.max_pixels or bounds[1]
     finished = False
     try:
         # the processor now; the weights inside the loop, while its first batches are prepared
         scorer = ScorerLoading(a.model_id, a.base_model, a.family, dtype=a.dtype if a.dtype == "auto" else getattr(torch, a.dtype),
                                device=str(state.device), max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels,
-                               max_pixels=a.max_pixels)
+                               max_pixels=a.max_pixels, published_pixels=True)   # bounds not given: the published runs'
         options = LoopOptions(a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.sampling, a.indices_from,
                               a.batch_size, a.mode, {"model_id": a.model_id, "base_model": a.base_model})
         run_benchmark(scorer, options, engine, accelerator=state if state.num_processes > 1 else None)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.images import check_images, open_image
+from ..data.images import check_images, open_image, raise_first
 from ..data.layout import append_jsonl, load_json, read_test_messages, test_dimension_folders, write_json
 from ..dims import get_dimension
 from ..errors import CogipError
@@ -198,9 +198,7 @@ class PlainEngine:
 
     def answers(self, scorer, share, items, image_root, batch_size, mode, out, accelerator=None, check=None):
         from .scorer import ScorerLoading
-        problems = check_images(check or [], progress=False)
-        if problems:
-            raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise_first(check_images(check or [], progress=False))
         scorer = scorer.load() if isinstance(scorer, ScorerLoading) else scorer
         self.out, self.accelerator, self.started = out, accelerator, time.perf_counter()
         self.info = {"processes": accelerator.num_processes if accelerator else 1, "batch_size": batch_size,

@@ -73,7 +73,7 @@ class ScorerLoading:
 
     def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
                  device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-                 max_pixels: int | None = None):
+                 max_pixels: int | None = None, published_pixels: bool = False):
         from ..models.adapters import adapter_base, processor_source
         self.model_id, self.base_model, self.device = model_id, base_model, device
         self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
@@ -86,7 +86,8 @@ class ScorerLoading:
         else:
             processor_src = weights_src = model_id
         self.family = fam
-        self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels))
+        self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels,
+                                                                              published=published_pixels))
         self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))
 
     def _expected_dtype(self, weights_src: str) -> torch.dtype:

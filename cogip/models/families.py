@@ -49,10 +49,14 @@ class Family:
         except OSError as e:
             raise CogipError(f"cannot load a {self.name} model from {path}: {str(e).splitlines()[0]}") from None
 
-    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None) -> dict:
-        """Image-size bounds as processor kwargs, for a family whose processor takes them; {} for fixed tiles."""
+    def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None,
+                     published: bool = False) -> dict:
+        """Image-size bounds as processor kwargs, for a family whose processor takes them; {} for fixed tiles.
+        `published`: a bound not given is the published runs' (`default_pixels`), not the processor's own."""
         if self.default_pixels is None:
             return {}
+        if published:
+            min_pixels, max_pixels = min_pixels or self.default_pixels[0], max_pixels or self.default_pixels[1]
         return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
 
     def load_processor(self, path: str | os.PathLike, **overrides):

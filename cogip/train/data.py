@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from ..data.layout import read_training_json
-from ..data.images import check_images, open_image
+from ..data.images import check_images, open_image, raise_first
 from ..errors import CogipError
 from ..models.families import Family
 
@@ -23,10 +23,8 @@ def load_sft_dataset(data_path: str | os.PathLike, image_folder: str | os.PathLi
         raise CogipError("no training items", file=str(data_path))
     root = Path(image_folder)
     if check:
-        problems = check_images([(root / it.image, f"{it.image} ({Path(data_path).name} id {it.id})") for it in items])
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CogipError(problems[0] + more)
+        raise_first(check_images([(root / it.image, f"{it.image} ({Path(data_path).name} id {it.id})")
+                                  for it in items]))
     return Dataset.from_list([{"image": str(root / it.image), "prompt": it.prompt, "answer": it.answer,
                                "dimension": it.dimension, "score": it.score} for it in items])
 

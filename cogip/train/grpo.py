@@ -25,13 +25,13 @@ import datasets
 from transformers import HfArgumentParser, set_seed
 
 from ..data.layout import read_training_json
-from ..data.images import check_images
+from ..data.images import check_images, raise_first
 from ..dims import SCORE_RANGE
 from ..errors import CogipError, exit_code
 from ..accel.training import AccelArguments, TrainingAccel
 from ..models.families import resolve_family
 from ..parse import parse_answer
-from .sft import (DataArguments, ModelArguments, fp32_master_weights, get_family, prepare_trainable, read_recipes,
+from .sft import (DataArguments, ModelArguments, fill_model_id, fp32_master_weights, prepare_trainable, read_recipes,
                   require_transformers)
 
 UNPARSEABLE_REWARD = -0.5
@@ -87,9 +87,7 @@ def grpo_dataset(data_path: str, image_folder: str) -> datasets.Dataset:
     from pathlib import Path
     items = read_training_json(data_path, grpo=None)   # either training file
     root = Path(image_folder)
-    problems = check_images([(root / it.image, f"{it.image} (id {it.id})") for it in items])
-    if problems:
-        raise CogipError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    raise_first(check_images([(root / it.image, f"{it.image} (id {it.id})") for it in items]))
     ds = datasets.Dataset.from_list([{
         "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": it.prompt}]}],
         "image": str(root / it.image), "answer": it.answer, "score": it.score, "dimension": it.dimension}
@@ -112,19 +110,20 @@ def run(argv: list[str] | None = None):
     argv = translate_sft(argv, "cogip grpo")   # the published train_grpo.py's flags too
     parser = HfArgumentParser((ModelArguments, DataArguments, RewardArguments, AccelArguments, GRPOConfig),
                               prog="cogip grpo")
-    argv = read_recipes(parser, argv)
+    argv = read_recipes(parser, argv, "cogip grpo")
     try:
         margs, dargs, rargs, aargs, gargs = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
         raise CogipError(" ".join(str(e).split())[:400]) from None
-    margs.model_id = margs.model_id or get_family(margs.family or "qwen").hub_id
+    fill_model_id(margs)
     if rargs.reward not in REWARDS:
         raise CogipError(f"--reward {rargs.reward!r}: expected one of {', '.join(REWARDS)}")
     family = resolve_family(margs.model_id, margs.family)
     dataset = grpo_dataset(dargs.data_path, dargs.image_folder)   # every item and image, before the model
     speed = TrainingAccel(aargs, family, gargs)
     set_seed(gargs.seed)
-    processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
+    processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels,
+                                                                             published=True))
     model = family.load_model(margs.model_id)
     peft_config = None
     if margs.tune_mode == "lora":   # LoRA on the language model through trl; peft keeps adapters in float32

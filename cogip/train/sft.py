@@ -221,7 +221,10 @@ def build_trainer(margs: ModelArguments, dargs: DataArguments, largs: LossArgume
     speed = TrainingAccel(aargs or AccelArguments(), family, targs)   # bad speed options fail here too
 
     # the model: the family's processor and weights, frozen or wrapped in LoRA as the tuning mode says
-    processor = family.load_processor(margs.model_id, **family.pixel_bounds(margs.min_pixels, margs.max_pixels))
+    bounds = family.pixel_bounds(margs.min_pixels, margs.max_pixels, published=True)
+    if bounds:   # recorded in cogip_train.json as used
+        margs.min_pixels, margs.max_pixels = bounds["min_pixels"], bounds["max_pixels"]
+    processor = family.load_processor(margs.model_id, **bounds)
     set_seed(targs.seed)   # LoRA's random A matrices are drawn here, before Trainer seeds anything
     dtype = torch.bfloat16 if targs.bf16 else torch.float16 if targs.fp16 else torch.float32
     model = family.load_model(margs.model_id, dtype=dtype)
@@ -263,16 +266,15 @@ def run_loss(log_history: list[dict]) -> float:
     return total / steps if steps else float("nan")
 
 
-def default_pixels(margs) -> None:
-    """The family's published image-size bounds where neither the recipe nor a flag gave them."""
-    if margs.min_pixels is None or margs.max_pixels is None:
-        bounds = resolve_family(margs.model_id, margs.family).default_pixels
-        if bounds:
-            margs.min_pixels = margs.min_pixels or bounds[0]
-            margs.max_pixels = margs.max_pixels or bounds[1]
+def fill_model_id(margs: ModelArguments) -> None:
+    """--model_id, where not given: the base model of --family (the recipe names it)."""
+    if margs.model_id is None:
+        if not margs.family:
+            raise CogipError("give --model_id (or --family, to fine-tune its base model)")
+        margs.model_id = get_family(margs.family).hub_id
 
 
-def read_recipes(parser: HfArgumentParser, argv: list[str]) -> list[str]:
+def read_recipes(parser: HfArgumentParser, argv: list[str], prog: str = "cogip train") -> list[str]:
     """`--recipe FILE [FILE ...]` (YAML or JSON, later files win, flags on the command line win over all):
     each file's keys become the parser's defaults. Returns argv without the option."""
     files, rest, i = [], [], 0
@@ -285,9 +287,9 @@ def read_recipes(parser: HfArgumentParser, argv: list[str]) -> list[str]:
             continue
         rest.append(argv[i])
         i += 1
+    import yaml
     known = {a.dest for a in parser._actions}
     for f in files:
-        import yaml
         try:
             values = yaml.safe_load(Path(f).read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
@@ -296,7 +298,7 @@ def read_recipes(parser: HfArgumentParser, argv: list[str]) -> list[str]:
             raise CogipError("a recipe is a mapping of option names to values", file=f)
         unknown = sorted(set(values) - known)
         if unknown:
-            raise CogipError(f"{unknown[0]!r} is not an option of cogip train (docs/train.md)", file=f)
+            raise CogipError(f"{unknown[0]!r} is not an option of {prog} (docs/train.md)", file=f)
         parser.set_defaults(**values)
     return rest
 
@@ -317,11 +319,7 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
         margs, dargs, largs, aargs, targs = parser.parse_args_into_dataclasses(argv)
     except ValueError as e:   # an unknown flag, or values TrainingArguments rejects
         raise CogipError(" ".join(str(e).split())[:400]) from None
-    if margs.model_id is None:
-        if not margs.family:
-            raise CogipError("give --model_id (or --family, to fine-tune its base model)")
-        margs.model_id = get_family(margs.family).hub_id
-    default_pixels(margs)
+    fill_model_id(margs)
     resume = targs.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "last", "auto"):
         resume = get_last_checkpoint(targs.output_dir) if os.path.isdir(targs.output_dir) else None
