@@ -11,7 +11,7 @@ mkdir -p "$W"
 prep() {
   [ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "$W/model" || return 1
   [ -d "$W/bench" ] || $PY -m cogip data synth "$W/bench" --n 478 --n-train 48 > /dev/null || return 1
-  $PY -m cogip data synth "$W/images" --from-bench "$W/bench" --size-range 640 1152 | tail -1
+  [ -d "$W/images" ] || $PY -m cogip data synth "$W/images" --from-bench "$W/bench" --size-range 640 1152 | tail -1
 }
 sft() {   # sft TREE NAME
   local out="$W/sft_$2"; rm -rf "$out"
