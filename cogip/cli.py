@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="offline model checkpoints").add_subparsers(dest="action", required=True)
     t = models.add_parser("tiny", help="build tiny random-weight checkpoints with offline processors")
     t.add_argument("out")
-    t.add_argument("--family", nargs="+", default=["qwen"], choices=tuple(FAMILIES))
+    from .models.tiny import OTHER_ARCHITECTURES
+    t.add_argument("--family", nargs="+", default=["qwen"], choices=(*FAMILIES, *OTHER_ARCHITECTURES),
+                   help="families, or other architectures scored through the generic adapter")
     t.add_argument("--nest", action="store_true", help="write OUT/<family> even for one family")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--real-tokenizers", nargs="?", const="", metavar="DIR",

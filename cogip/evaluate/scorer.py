@@ -2,12 +2,9 @@
 
 Two modes, both from one batched, left-padded, greedy `generate` (one prefill per image):
 - `generate`: the answer text, parsed (`cogip.parse`).
-- `expected`: the score read from the model's token probabilities instead of its sampled digits.
-  Along the greedy answer, each number token's distribution (restricted to number tokens of its
-  digit count: single digits for Qwen/Gemma, 1–3-digit tokens for Llama 3) gives an expected value;
-  the score is Σ E[token] · 10^position, its spread sqrt(Σ Var[token] · 10^(2·position)) (positions
-  treated as independent). The sign and the decimal point follow the greedy answer. Label
-  probabilities follow the label-word trie along the greedy path: P(label) = Π P(token | prefix);
+- `expected`: the score read from the model's token probabilities along the greedy answer instead of
+  its sampled digits (`cogip.evaluate.expected`). Label probabilities follow the label-word trie along
+  the greedy path: P(label) = Π P(token | prefix);
   where a label shares an off-path prefix with another (`very low`/`very high` when the model said
   `medium`), their joint mass is reported under `"very low|very high"`.
 
@@ -32,6 +29,7 @@ from ..errors import CogipError
 from ..loss import NumberTokens
 from ..models.families import Family, resolve_family
 from ..parse import parse_answer
+from .expected import read_number
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -73,21 +71,22 @@ class ScorerLoading:
 
     def __init__(self, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
                  device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-                 max_pixels: int | None = None, published_pixels: bool = False):
+                 max_pixels: int | None = None, published_pixels: bool = False, trust_remote_code: bool = False):
         from ..models.adapters import adapter_base, processor_source
         self.model_id, self.base_model, self.device = model_id, base_model, device
         self.dtype_arg, self.max_new_tokens = dtype, max_new_tokens
+        self.remote_code = {"trust_remote_code": True} if trust_remote_code else {}
         self.is_adapter = os.path.isfile(os.path.join(model_id, "adapter_config.json"))
-        fam = resolve_family(model_id, family)
+        fam = resolve_family(model_id, family, any_model=True, trust_remote_code=trust_remote_code)
         if self.is_adapter:
             weights_src = base_model or adapter_base(model_id)
-            resolve_family(weights_src, fam.name)   # the base too, before anything loads
+            resolve_family(weights_src, fam.name, any_model=True, trust_remote_code=trust_remote_code)   # the base too
             processor_src = processor_source(model_id, base_model)
         else:
             processor_src = weights_src = model_id
         self.family = fam
-        self.processor = fam.load_processor(processor_src, **fam.pixel_bounds(min_pixels, max_pixels,
-                                                                              published=published_pixels))
+        self.processor = fam.load_processor(processor_src, **self.remote_code,
+                                            **fam.pixel_bounds(min_pixels, max_pixels, published=published_pixels))
         self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))
 
     def _expected_dtype(self, weights_src: str) -> torch.dtype:
@@ -97,7 +96,7 @@ class ScorerLoading:
             return getattr(torch, self.dtype_arg)
         from transformers import AutoConfig
         try:
-            dtype = getattr(AutoConfig.from_pretrained(weights_src), "dtype", None)
+            dtype = getattr(AutoConfig.from_pretrained(weights_src, **self.remote_code), "dtype", None)
         except (OSError, ValueError):   # loading the weights reports a bad source, in one line
             return torch.float32
         return getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
@@ -108,7 +107,7 @@ class ScorerLoading:
             model, _ = load_adapted(self.model_id, self.base_model, self.family, dtype=self.dtype_arg,
                                     device=self.device)
         else:
-            model = self.family.load_model(self.model_id, dtype=self.dtype_arg, device=self.device)
+            model = self.family.load_model(self.model_id, dtype=self.dtype_arg, device=self.device, **self.remote_code)
         return Scorer(model, self.processor, self.family, self.max_new_tokens)
 
 
@@ -125,9 +124,12 @@ class Scorer:
     @classmethod
     def load(cls, model_id: str, base_model: str | None = None, family: str | None = None, dtype="auto",
              device: str | None = None, max_new_tokens: int = 24, min_pixels: int | None = None,
-             max_pixels: int | None = None) -> "Scorer":
-        """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model)."""
-        return ScorerLoading(model_id, base_model, family, dtype, device, max_new_tokens, min_pixels, max_pixels).load()
+             max_pixels: int | None = None, trust_remote_code: bool = False) -> "Scorer":
+        """A full checkpoint (hub id or folder), or a LoRA adapter folder (+ its base model). `family`: None
+        or "auto" reads it from the model's files; a model of none of the families is scored through its own
+        processor and chat template (`cogip.models.families.GENERIC`)."""
+        return ScorerLoading(model_id, base_model, family, dtype, device, max_new_tokens, min_pixels, max_pixels,
+                             trust_remote_code=trust_remote_code).load()
 
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
@@ -141,8 +143,13 @@ class Scorer:
         return new, logits
 
     def _end_ids(self) -> set[int]:
-        ids = {self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn), self.tokenizer.eos_token_id,
-               self.tokenizer.pad_token_id}
+        """Where an answer ends: the family's end-of-turn token, the tokenizer's EOS and pad, and the model's
+        generation-config end tokens (generate stops at those)."""
+        ends = self.model.generation_config.eos_token_id
+        ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id,
+               *(ends if isinstance(ends, (list, tuple)) else [ends])}
+        if self.family.end_of_turn:
+            ids.add(self.tokenizer.convert_tokens_to_ids(self.family.end_of_turn))
         return {i for i in ids if i is not None}
 
     def answer(self, images: list, prompts: list[str], dimension: str | Dimension, mode: str = "generate") -> list[Answer]:
@@ -226,31 +233,12 @@ class Scorer:
                 key = "|".join(l for l, t in self._label_trie(dim) if t[:j] == lids[:j])
                 probs[key] = math.exp(total)
         ans.label_probs = {k: round(v, 6) for k, v in probs.items()}
-        # the number: first number token after the label
+        # the number: the first number token's, after the label
         length = self.numbers.length
-        start = next((i for i, t in enumerate(ids) if length[t] > 0), None)
-        if start is None:
-            return
-        j, int_part, frac_part = start, [], []
-        while j < len(ids) and length[ids[j]] > 0:
-            int_part.append(j)
-            j += 1
-        if j < len(ids) and tokens[j] == ".":
-            j += 1
-            while j < len(ids) and length[ids[j]] > 0:
-                frac_part.append(j)
-                j += 1
-        mean = var = 0.0
-        exponent = sum(int(length[ids[i]]) for i in int_part)
-        for i in int_part + frac_part:
-            k = int(length[ids[i]])
-            exponent -= k
-            p = torch.softmax(logp[i, spans[k]], -1)
-            values = torch.arange(10 ** k, dtype=p.dtype)
-            m = (p * values).sum().item()
-            v = (p * values ** 2).sum().item() - m * m
-            mean += m * 10.0 ** exponent
-            var += max(v, 0.0) * 10.0 ** (2 * exponent)
-        sign = -1.0 if start > 0 and tokens[start - 1].lstrip("Ġ▁ ").endswith("-") else 1.0
-        ans.score = min(max(sign * mean, dim.low), dim.high)
-        ans.spread = math.sqrt(var)
+
+        def distribution(i: int, k: int):
+            return torch.arange(10 ** k, dtype=torch.float32), torch.softmax(logp[i, spans[k]], -1)
+
+        number = read_number(tokens, [int(length[t]) for t in ids], distribution, dim)
+        if number is not None:
+            ans.score, ans.spread = number

@@ -3,6 +3,10 @@
 Everything else (data, loss, trainer, benchmark loop, generation swap) is family-agnostic and talks to a
 model only through a `Family`. A family is one entry of `FAMILIES` below; to add one, add its entry (and
 its launch defaults: sft/<family>/recipe.yaml, and the two launchers that name it).
+
+Any other vision-language model transformers knows (`AutoModelForImageTextToText`: Idefics3/SmolVLM,
+LLaVA-OneVision, InternVL, PaliGemma, Qwen3-VL, ...) is scored through `GENERIC`: its own processor and chat
+template with an image content part. It has no training recipe, so it is for `cogip evaluate` only.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ class Family:
     name: str
     hub_id: str                         # the real checkpoint users fine-tune by default
     model_class: str                    # transformers class, loaded by name
-    end_of_turn: str                    # token that closes an answer (the training target ends with it)
+    end_of_turn: str | None             # token that closes an answer (the training target ends with it);
+                                        # None: the model's generation config's end tokens
     vision_prefixes: tuple[str, ...]    # parameter-name prefixes of the vision tower
     projector_prefixes: tuple[str, ...] # … of the vision→language projector / merger
     language_prefix: str                # … of the language model (LoRA goes only here)
@@ -52,10 +57,11 @@ class Family:
     def pixel_bounds(self, min_pixels: int | None = None, max_pixels: int | None = None,
                      published: bool = False) -> dict:
         """Image-size bounds as processor kwargs, for a family whose processor takes them; {} for fixed tiles.
-        `published`: a bound not given is the published runs' (`default_pixels`), not the processor's own."""
-        if self.default_pixels is None:
+        `published`: a bound not given is the published runs' (`default_pixels`), not the processor's own.
+        The generic adapter takes the bounds given, for a Qwen-VL-kind processor (`set_pixel_bounds` checks)."""
+        if self.default_pixels is None and self.name != "generic":
             return {}
-        if published:
+        if published and self.default_pixels:
             min_pixels, max_pixels = min_pixels or self.default_pixels[0], max_pixels or self.default_pixels[1]
         return {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v}
 
@@ -77,6 +83,9 @@ class Family:
         keyword arguments, with a FutureWarning per call."""
         import dataclasses
         image_processor = processor.image_processor
+        if not hasattr(image_processor, "merge_size"):   # Qwen2-VL's kind (Qwen2.5-VL, Qwen3-VL): pixel-count bounds
+            raise CogipError(f"--min-pixels/--max-pixels bound Qwen-VL processors' image sizes; this model's "
+                             f"{type(image_processor).__name__} sizes images its own way")
         size = image_processor.size
         fields = dataclasses.asdict(size) if dataclasses.is_dataclass(size) else dict(size)
         if min_pixels:
@@ -122,52 +131,99 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+# any other image-text-to-text model of transformers; the prefixes are the usual transformers 5 module names
+GENERIC = Family("generic", "", "AutoModelForImageTextToText", None,
+                 vision_prefixes=("model.vision_tower", "model.visual", "model.vision_model", "vision_tower"),
+                 projector_prefixes=("model.multi_modal_projector", "model.connector", "multi_modal_projector"),
+                 language_prefix="language_model", images_nested=True, model_types=())
+FAMILY_CHOICES = ("auto", *FAMILIES, GENERIC.name)   # for --family: auto reads the model's config.json
+
+
 def get_family(name: str) -> Family:
     key = name.lower()
+    if key == GENERIC.name:
+        return GENERIC
     for fam in FAMILIES.values():
         if key == fam.name or key in fam.hub_id.lower() or key in fam.model_class.lower():
             return fam
     raise CogipError(f"unknown model family {name!r}; expected one of {', '.join(FAMILIES)}")
 
 
-def resolve_family(model_id: str | os.PathLike, family: str | None = None) -> Family:
+def resolve_family(model_id: str | os.PathLike, family: str | None = None, any_model: bool = False,
+                   trust_remote_code: bool = False) -> Family:
     """The family of a model source — a hub id, a checkpoint folder or a LoRA adapter folder — from its files
     where it has them (config.json's model_type; an adapter's recorded family or base), checked against
-    `family` when given. Called before anything loads, so a wrong source fails in one line, not after the
-    weights."""
+    `family` when given (None or "auto": read from the files). Called before anything loads, so a wrong source
+    fails in one line, not after the weights. `any_model`: a vision-language model of no family (scoring only)
+    is `GENERIC`; otherwise it is an error naming the families that can be trained."""
     check_source(model_id)
-    found, what = _family_of(str(model_id))
+    family = None if family in (None, "auto") else family
+    found, what = _family_of(str(model_id), trust_remote_code)
+    if found is None and family in (None, GENERIC.name):   # a hub id naming no family: its config.json
+        found, what = _hub_family(str(model_id), trust_remote_code)
     if family:
         fam = get_family(family)
+        if fam is GENERIC and any_model:
+            return GENERIC   # any vision-language model, a named family's too, through the generic adapter
         if found is not None and found is not fam:
-            raise CogipError(f"{what}, not {fam.name}: use the {found.name} scripts (sft/{found.name}/, "
-                             f"evaluation/{found.name}/) or a {fam.name} model", file=str(model_id))
-        return fam
+            hint = ("evaluation/cog_test.sh scores any vision-language model" if found is GENERIC else
+                    f"use the {found.name} scripts (sft/{found.name}/, evaluation/{found.name}/)")
+            raise CogipError(f"{what}, not {fam.name}: {hint}, or a {fam.name} model", file=str(model_id))
+        found = fam
+    if found is GENERIC and not any_model:
+        raise CogipError(f"{what}: cogip can score it (evaluation/cog_test.sh) but fine-tunes only "
+                         f"{', '.join(FAMILIES)} models", file=str(model_id))
     if found is None:
         raise CogipError(f"cannot tell the model family of {model_id}: pass --family ({', '.join(FAMILIES)})")
     return found
 
 
-def detect_family(path: str | os.PathLike) -> Family:
+def family_of_config(cfg: dict, where: str, trust_remote_code: bool = False) -> Family:
+    """The family of a config.json: a named family by model_type; any other image-text-to-text model of
+    transformers (or of the checkpoint's own code, with trust_remote_code) GENERIC; else one line saying why
+    it cannot be scored."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    model_type = cfg.get("model_type", "")
+    for fam in FAMILIES.values():
+        if model_type and model_type.startswith(fam.model_types):
+            return fam
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        return GENERIC
+    auto_map = cfg.get("auto_map") or {}
+    if auto_map and model_type not in CONFIG_MAPPING_NAMES:
+        if not trust_remote_code:
+            raise CogipError(f"model_type {model_type!r} runs code shipped with the checkpoint (auto_map), which "
+                             f"cogip does not run unless told: pass --trust-remote-code if you trust it", file=where)
+        if "AutoModelForImageTextToText" not in auto_map:
+            raise CogipError(f"model_type {model_type!r}: its code defines no AutoModelForImageTextToText "
+                             f"(auto_map has {', '.join(sorted(auto_map))}), the interface cogip scores through",
+                             file=where)
+        return GENERIC
+    if model_type in CONFIG_MAPPING_NAMES:
+        raise CogipError(f"model_type {model_type!r} takes no images (transformers has no image-text-to-text "
+                         f"model for it): CogIP-Bench needs a vision-language model", file=where)
+    import transformers
+    raise CogipError(f"model_type {model_type!r} is unknown to transformers {transformers.__version__} "
+                     f"(a newer one may know it)", file=where)
+
+
+def detect_family(path: str | os.PathLike, trust_remote_code: bool = False) -> Family:
     """The family of a checkpoint folder, from its config's model_type."""
     import json
     cfg = os.path.join(str(path), "config.json")
     if not os.path.isfile(cfg):
         raise CogipError("no config.json: pass --family", file=cfg)
-    model_type = json.load(open(cfg)).get("model_type", "")
-    for fam in FAMILIES.values():
-        if model_type.startswith(fam.model_types):
-            return fam
-    raise CogipError(f"model_type {model_type!r} is not a supported family", file=cfg)
+    return family_of_config(json.load(open(cfg)), cfg, trust_remote_code)
 
 
-def _family_of(source: str) -> tuple[Family | None, str]:
+def _family_of(source: str, trust_remote_code: bool = False) -> tuple[Family | None, str]:
     """(family, how it was found) of a source, or (None, "") where its files or name do not say."""
     import json
     if os.path.isfile(os.path.join(source, "config.json")):
-        fam = detect_family(source)
+        fam = detect_family(source, trust_remote_code)
         model_type = json.load(open(os.path.join(source, "config.json"))).get("model_type")
-        return fam, f"{source} is a {fam.name} checkpoint (model_type {model_type!r})"
+        return fam, f"{source} is a {fam.name if fam is not GENERIC else model_type} checkpoint (model_type {model_type!r})"
     adapter = os.path.join(source, "adapter_config.json")
     if os.path.isfile(adapter):
         info = os.path.join(source, "cogip_train.json")   # written beside a cogip SFT run's weights
@@ -176,7 +232,7 @@ def _family_of(source: str) -> tuple[Family | None, str]:
             return FAMILIES[recorded], f"{source} is an adapter of a {recorded} model"
         base = json.load(open(adapter)).get("base_model_name_or_path")
         if base and (os.path.isdir(base) or not _looks_like_path(base)):
-            fam, _ = _family_of(base)
+            fam, _ = _family_of(base, trust_remote_code)
             if fam is not None:
                 return fam, f"{source} is an adapter of {base}, a {fam.name} model"
         return None, ""
@@ -185,6 +241,21 @@ def _family_of(source: str) -> tuple[Family | None, str]:
     name = source.lower()   # a hub id: its name, where it names a family
     named = [f for f in FAMILIES.values() if name == f.hub_id.lower() or f.name in name]
     return (named[0], f"{source} is a {named[0].name} model") if len(named) == 1 else (None, "")
+
+
+def _hub_family(source: str, trust_remote_code: bool = False) -> tuple[Family | None, str]:
+    """A hub id whose name names no family: its config.json (cached, or fetched: a few KB)."""
+    import json
+    if os.path.isdir(source) or _looks_like_path(source):
+        return None, ""
+    from huggingface_hub import hf_hub_download
+    try:
+        path = hf_hub_download(source, "config.json")
+    except Exception:   # an adapter repository, no network: loading says the rest
+        return None, ""
+    cfg = json.load(open(path))
+    fam = family_of_config(cfg, source, trust_remote_code)
+    return fam, f"{source} is a {cfg.get('model_type')!r} model"
 
 
 def _looks_like_path(source: str) -> bool:

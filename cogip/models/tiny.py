@@ -4,6 +4,10 @@ Each is saved as a normal checkpoint folder (config, safetensors, processor with
 chat template), so every script points `--model-id` at it exactly as at a hub id. The chat
 templates render what the real ones render for an image + text user turn, BOS included.
 
+Besides the three families, two other architectures scored through the generic adapter
+(`cogip.models.families.GENERIC`): Idefics3 (SmolVLM) and LLaVA-OneVision, each with its real chat
+template's shape and a tiny tokenizer (`OTHER_ARCHITECTURES`).
+
 Two kinds of tokenizer:
 - the default: a small BPE learned from the project's prompts (fast), matching the real family on
   what the code depends on: special tokens, BOS added by the post-processor (Llama, Gemma) or
@@ -39,6 +43,13 @@ GEMMA_TEMPLATE = (   # Gemma 3's trims each text part
     "{% if c.type == 'image' %}<start_of_image>{% elif c.type == 'text' %}{{ c.text | trim }}{% endif %}{% endfor %}{% endif %}"
     "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
+SMOLVLM_TEMPLATE = (   # SmolVLM's: "User:<image>text<end_of_utterance>\nAssistant:"
+    "<|im_start|>{% for m in messages %}{{ m.role | capitalize }}{% if m.content is string %}: {{ m.content }}"
+    "{% else %}{% if m.content[0].type == 'image' %}:{% else %}: {% endif %}{% for c in m.content %}"
+    "{% if c.type == 'text' %}{{ c.text }}{% elif c.type == 'image' %}<image>{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}")
+ONEVISION_TEMPLATE = QWEN_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
+
 SPECIAL = {
     "qwen": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
              "<|video_pad|>"],
@@ -46,6 +57,18 @@ SPECIAL = {
               "<|image|>", "<|finetune_right_pad_id|>"],
     "gemma": ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
               "<end_of_image>", "<image_soft_token>"],
+    "idefics3": ["<|endoftext|>", "<|im_start|>", "<end_of_utterance>", "<image>", "<fake_token_around_image>",
+                 "<global-img>"],
+    "llava_onevision": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
+}
+# the other architectures' token roles (the families' are in _tokenizer)
+ROLES = {
+    "idefics3": dict(bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
+                     extra_special_tokens={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+                                           "global_image_token": "<global-img>",
+                                           "end_of_utterance_token": "<end_of_utterance>"}),
+    "llava_onevision": dict(eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                            extra_special_tokens={"image_token": "<image>", "video_token": "<video>"}),
 }
 
 # initializer_range: with hidden 64 the usual 0.02 gives a frozen random lm_head whose logits can't
@@ -66,6 +89,8 @@ def _corpus() -> list[str]:
 def _tokenizer(family: str, real_tokenizers: str | os.PathLike | None = None):
     """The family's tokenizer with its real special-token roles; the vocabulary tiny or real."""
     from transformers import PreTrainedTokenizerFast
+    if real_tokenizers is not None and family in ROLES:
+        raise ValueError(f"real tokenizers are fetched for the families only, not {family}")
     if real_tokenizers is not None:
         from .real_tokenizers import load
         tok = load(family, real_tokenizers)
@@ -73,6 +98,8 @@ def _tokenizer(family: str, real_tokenizers: str | os.PathLike | None = None):
         tok = train_bpe(_corpus(), SPECIAL[family], digit_group=3 if family == "llama" else 1,
                         bos={"llama": "<|begin_of_text|>", "gemma": "<bos>"}.get(family))
     common = dict(tokenizer_object=tok, clean_up_tokenization_spaces=False)
+    if family in ROLES:
+        return PreTrainedTokenizerFast(**common, **ROLES[family])
     if family == "qwen":   # Qwen2.5-VL has no BOS token
         return PreTrainedTokenizerFast(**common, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                        extra_special_tokens={"image_token": "<|image_pad|>",
@@ -149,22 +176,63 @@ def _gemma(tok, image_size: int):
     return cfg, proc
 
 
+def _idefics3(tok, image_size: int):
+    from transformers import Idefics3Config, Idefics3ImageProcessorPil, Idefics3Processor
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+                                   do_image_splitting=False)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4, chat_template=SMOLVLM_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    cfg = Idefics3Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=16),
+        text_config=dict(model_type="llama", **TINY_TEXT, vocab_size=len(tok), bos_token_id=ids("<|im_start|>"),
+                         eos_token_id=ids("<end_of_utterance>"), pad_token_id=ids("<|endoftext|>")),
+        image_token_id=ids("<image>"), scale_factor=2, tie_word_embeddings=False)
+    return cfg, proc
+
+
+def _onevision(tok, image_size: int):
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor,
+                              LlavaOnevisionVideoProcessor)
+    grid = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size],
+            [2 * image_size, 2 * image_size]]
+    ip = LlavaOnevisionImageProcessorPil(size={"height": image_size, "width": image_size}, image_grid_pinpoints=grid)
+    proc = LlavaOnevisionProcessor(image_processor=ip, video_processor=LlavaOnevisionVideoProcessor(), tokenizer=tok,
+                                   num_image_tokens=4, vision_feature_select_strategy="full",
+                                   chat_template=ONEVISION_TEMPLATE)
+    ids = tok.convert_tokens_to_ids
+    cfg = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2, image_size=image_size, patch_size=14),
+        text_config=dict(model_type="qwen2", **TINY_TEXT, vocab_size=len(tok), eos_token_id=ids("<|im_end|>"),
+                         pad_token_id=ids("<|endoftext|>")),
+        image_token_index=ids("<image>"), video_token_index=ids("<video>"), vision_feature_select_strategy="full",
+        vision_feature_layer=-1, image_grid_pinpoints=grid, tie_word_embeddings=False)
+    return cfg, proc
+
+
 BUILDERS = {"qwen": (_qwen, 84), "llama": (_llama, 56), "gemma": (_gemma, 56)}
+OTHER_ARCHITECTURES = {"idefics3": (_idefics3, 64), "llava_onevision": (_onevision, 28)}
 
 
 def build_tiny(family: str, out: str | os.PathLike, seed: int = 0,
                real_tokenizers: str | os.PathLike | None = None):
-    """Write a tiny random-weight checkpoint + processor of `family` to `out`; returns the path. With
-    `real_tokenizers` (a folder `cogip.models.real_tokenizers.fetch` wrote), the family's real tokenizer."""
+    """Write a tiny random-weight checkpoint + processor of `family` (or of one of `OTHER_ARCHITECTURES`) to
+    `out`; returns the path. With `real_tokenizers` (a folder `cogip.models.real_tokenizers.fetch` wrote), the
+    family's real tokenizer."""
     import torch
     from transformers import GenerationConfig
-    fam = get_family(family)
-    builder, image_size = BUILDERS[fam.name]
-    tok = _tokenizer(fam.name, real_tokenizers)
+    fam = None if family in OTHER_ARCHITECTURES else get_family(family)
+    builder, image_size = OTHER_ARCHITECTURES[family] if fam is None else BUILDERS[fam.name]
+    tok = _tokenizer(fam.name if fam else family, real_tokenizers)
     cfg, proc = builder(tok, image_size)
     torch.manual_seed(seed)
-    model = fam.model_cls()(cfg)
-    eot = tok.convert_tokens_to_ids(fam.end_of_turn)
+    if fam is None:
+        from transformers import AutoModelForImageTextToText
+        model = AutoModelForImageTextToText.from_config(cfg)
+    else:
+        model = fam.model_cls()(cfg)
+    eot = tok.convert_tokens_to_ids(fam.end_of_turn) if fam else tok.eos_token_id
     model.generation_config = GenerationConfig(eos_token_id=sorted({eot, tok.eos_token_id}),
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     out = Path(out)
