@@ -2,18 +2,24 @@
 # `cogip evaluate`; any of its options given as an argument wins (docs/evaluate.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
+if [ "$FAMILY" = auto ]; then
+  what="any vision-language model (its family read from its config.json),
+or one behind an OpenAI-compatible server (--backend openai),"; default_model="required, unless --backend openai"
+else
+  what="a $FAMILY model"; default_model="default: the family's base model"
+fi
 if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
   cat <<HELP
-usage: [VAR=value ...] bash evaluation/$FAMILY/cog_test.sh [cogip evaluate options]
+usage: [VAR=value ...] bash $(script=$(cd "$(dirname "$0")" && pwd)/$(basename "$0"); echo "${script#"$ROOT"/}") [cogip evaluate options]
 
-Scores a $FAMILY model on CogIP-Bench (published protocol: 120 items a dimension, seed 19) and writes
-per dimension records, metrics (Spearman, MAE, MSE) and a scatter plot, and a summary table and plot.
+Scores $what on CogIP-Bench (published protocol: 120 items a dimension, seed 19)
+and writes per dimension records, metrics (Spearman, MAE, MSE) and a scatter plot, and a summary table and plot.
 
 Variables:
-  MODEL_ID      a checkpoint (hub id or folder) or a LoRA adapter folder (default: the family's base model)
+  MODEL_ID      a checkpoint (hub id or folder) or a LoRA adapter folder ($default_model)
   BASE_MODEL    an adapter's base model (default: the one it records)
   TEST_DIR      data/test_msg_file         IMAGE_ROOT  data/cognition/cognition_images
-  OUT           outputs/eval-$FAMILY-<model folder name, or base>-<mode> (rerunning into it resumes)
+  OUT           outputs/eval-$FAMILY-<model name>-<mode> (rerunning into it resumes)
   SAMPLE_N      items per dimension (120; 0 = all)   MODE  generate | expected   BATCH_SIZE (8)
   NUM_GPUS      GPUs (default: all visible; >1 runs data-parallel)
   MIN_PIXELS, MAX_PIXELS   Qwen's image-size bounds (default: the published 256·28², 1280·28²)
@@ -21,15 +27,25 @@ Variables:
 Main options (every one: docs/evaluate.md, or python -m cogip evaluate --help):
   --dims D [D ...]   a subset of Aesthetics Funniness Emotional_Valence Memorability
   --sampling published|per-dimension, --seed N, --indices-from DIR   which items
+  --backend openai --base-url URL --model NAME   a served model (key: \$OPENAI_API_KEY; docs/serving.md)
+  --trust-remote-code                                                  run a checkpoint's own code
   --compile [vision|language|all], --pipeline N                        speed (docs/performance.md)
   --accel off                                                          the plain loop
 HELP
   exit 0
 fi
 SAMPLE_N=${SAMPLE_N:-120}
+model_name() {   # for the default OUT: the served model's name (--model), or the model folder's
+  local name=${MODEL_ID:-base}
+  while (( $# )); do
+    case $1 in --model) name=${2:-$name}; shift ;; --model=*) name=${1#--model=} ;; esac
+    shift
+  done
+  basename "$name"
+}
 args=(--family "$FAMILY"
       --test-dir "${TEST_DIR:-$ROOT/data/test_msg_file}" --image-root "${IMAGE_ROOT:-$ROOT/data/cognition/cognition_images}"
-      --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(basename "${MODEL_ID:-base}")-${MODE:-generate}}"
+      --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(model_name "$@")-${MODE:-generate}}"
       --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
       --dtype "$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)")
 [ -n "${MODEL_ID:-}" ] && args+=(--model-id "$MODEL_ID")

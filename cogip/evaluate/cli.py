@@ -11,7 +11,7 @@ import time
 from ..dims import DIMENSION_NAMES
 from ..errors import CogipError, exit_code
 from ..flags import dashed
-from ..models.families import FAMILIES
+from ..models.families import FAMILIES, FAMILY_CHOICES
 from .loop import PUBLISHED_SEED, SAMPLINGS, LoopOptions, run_benchmark
 
 
@@ -22,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "of --family)")
     p.add_argument("--base-model", help="an adapter's base model (default: the one recorded in the adapter)")
     p.add_argument("--lora-path", help="a LoRA adapter to apply to --model-id (the published Gemma script's flag)")
-    p.add_argument("--family", choices=tuple(FAMILIES), help="default: read from the model's files")
+    p.add_argument("--family", choices=FAMILY_CHOICES, default="auto",
+                   help="auto: from the model's config.json (qwen, llama, gemma, or any other vision-language model "
+                        "through its own processor and chat template: generic)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run code shipped with the checkpoint (models transformers does not know); off unless given")
     p.add_argument("--test-dir", default="data/test_msg_file", help="folder of <Dim>/<Dim>_messages.json")
     p.add_argument("--image-root", default="data/cognition/cognition_images")
     p.add_argument("--out", required=True, help="output folder; rerunning into it resumes")
@@ -41,6 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--min-pixels", type=int, help="Qwen: image pixels lower bound")
     p.add_argument("--max-pixels", type=int, help="Qwen: image pixels upper bound")
+    g = p.add_argument_group("a model behind an OpenAI-compatible server (vLLM, SGLang, transformers serve, an API)")
+    g.add_argument("--backend", choices=("local", "openai"), default="local",
+                   help="local: the model in this process; openai: chat requests to --base-url")
+    g.add_argument("--base-url", help="the server's API root, e.g. http://localhost:8000/v1")
+    g.add_argument("--model", help="the served model's name (as its /v1/models lists it)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                   help="the environment variable holding the key (OPENAI_API_KEY; never written anywhere)")
+    g.add_argument("--in-flight", type=int, default=8, help="requests sent at a time (8)")
+    g.add_argument("--max-retries", type=int, default=8,
+                   help="retries of a request on a connection error, time-out, 429 or 5xx, backing off 0.5 s to 8 s (8)")
+    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds one request may take (120)")
+    g.add_argument("--top-logprobs", type=int, default=20, help="--mode expected: top log-probabilities asked per token (20)")
     from ..accel.scoring import add_arguments
     add_arguments(p)
     return p
@@ -57,8 +73,10 @@ def main(argv: list[str] | None = None, end_process: bool = False) -> int:
         print(f"cogip evaluate: error: {e}", file=sys.stderr)
         return 2
     a = build_parser().parse_args(argv)
+    if a.backend == "openai":
+        return _serve_check(a) or exit_code("cogip evaluate", _evaluate_server, a)
     if a.model_id is None:
-        if not a.family:
+        if a.family not in FAMILIES:
             print("cogip evaluate: error: give --model-id (or --family, to score its base model)", file=sys.stderr)
             return 2
         a.model_id = FAMILIES[a.family].hub_id
@@ -75,6 +93,23 @@ def main(argv: list[str] | None = None, end_process: bool = False) -> int:
     return code
 
 
+def _serve_check(a) -> int:
+    missing = [f for f, v in (("--base-url", a.base_url), ("--model", a.model)) if not v]
+    if missing:
+        print(f"cogip evaluate: error: --backend openai needs {' and '.join(missing)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _evaluate_server(a) -> None:
+    from .remote import ServerEngine, ServerModel, ServerOptions
+    model = ServerModel(ServerOptions(a.base_url, a.model, a.api_key_env, a.in_flight, a.max_retries,
+                                      a.request_timeout, a.max_new_tokens, a.top_logprobs))
+    options = LoopOptions(a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.sampling, a.indices_from,
+                          a.batch_size, a.mode, model.run_info())
+    run_benchmark(model, options, ServerEngine())
+
+
 def _evaluate(a, engine) -> None:
     import torch
     from accelerate import PartialState
@@ -89,7 +124,8 @@ def _evaluate(a, engine) -> None:
         # the processor now; the weights inside the loop, while its first batches are prepared
         scorer = ScorerLoading(a.model_id, a.base_model, a.family, dtype=a.dtype if a.dtype == "auto" else getattr(torch, a.dtype),
                                device=str(state.device), max_new_tokens=a.max_new_tokens, min_pixels=a.min_pixels,
-                               max_pixels=a.max_pixels, published_pixels=True)   # bounds not given: the published runs'
+                               max_pixels=a.max_pixels, published_pixels=True,   # bounds not given: the published runs'
+                               trust_remote_code=a.trust_remote_code)
         options = LoopOptions(a.test_dir, a.image_root, a.out, a.dims, a.sample_n, a.seed, a.sampling, a.indices_from,
                               a.batch_size, a.mode, {"model_id": a.model_id, "base_model": a.base_model})
         run_benchmark(scorer, options, engine, accelerator=state if state.num_processes > 1 else None)
