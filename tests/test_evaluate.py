@@ -37,25 +37,6 @@ def run_benchmark(scorer, test_dir, image_root, out, dims=None, sample_n=None, s
     return loop.run_benchmark(scorer, options, engine, accelerator)
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_models, synth_bench, tmp_path_factory):
-    """Each tiny family model after a short full fine-tune on the synthetic bench. With the narrow-triangle kernel:
-    expected mode reads the digit distributions, which the published kernel widens on purpose (it puts η of the
-    mass over all ten digits: a Memorability units digit of 0 reads as 0.4), so generate and expected mode agree
-    closely only for a model trained with a narrow one."""
-    out = {}
-    for family, steps in (("qwen", 400), ("llama", 150), ("gemma", 150)):
-        folder = tmp_path_factory.mktemp(f"trained_{family}")
-        train(["--model_id", str(tiny_models[family]), "--data_path", str(synth_bench / "cognition_training.json"),
-               "--image_folder", str(synth_bench / "cognition/cognition_images"), "--output_dir", str(folder),
-               "--tune_mode", "full", "--max_steps", str(steps), "--per_device_train_batch_size", "8",
-               "--learning_rate", "3e-3", "--vision_lr", "3e-3", "--merger_lr", "3e-3", "--warmup_steps", "0.05",
-               "--save_strategy", "no", "--report_to", "none", "--use_cpu", "True", "--seed", "1",
-               "--soft_kernel", "narrow-triangle", "--min_pixels", "7056", "--max_pixels", "7056"])
-        out[family] = folder
-    return out
-
-
 def cog_test(family, model, bench, out, *args, **env):
     e = dict(os.environ, MODEL_ID=str(model), TEST_DIR=str(bench / "test_msg_file"),
              IMAGE_ROOT=str(bench / "cognition/cognition_images"), OUT=str(out), NUM_GPUS="0", SAMPLE_N="0",
