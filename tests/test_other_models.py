@@ -122,3 +122,21 @@ def test_other_architectures_are_scored_not_trained(others, synth_bench, tmp_pat
                          capture_output=True, text=True, cwd=ROOT)
     one_error_line(run, "'idefics3'", "fine-tunes only qwen, llama, gemma")
     assert nothing_in(tmp_path / "sft")
+
+
+def test_a_model_without_an_image_processor_or_chat_template_is_one_line(others, synth_bench, tmp_path):
+    """The generic adapter asks through the model's own processor and chat template: a checkpoint without
+    one stops in one line naming the file, before the weights load."""
+    import shutil
+    no_template = tmp_path / "no_template"
+    shutil.copytree(others["llava_onevision"], no_template)
+    (no_template / "chat_template.jinja").unlink()
+    (no_template / "model.safetensors").write_bytes(b"not weights")
+    one_error_line(launch("evaluation/cog_test.sh", **eval_env(synth_bench, no_template, tmp_path / "out",
+                                                              MIN_PIXELS="", MAX_PIXELS="")), "no chat template")
+    no_images = tmp_path / "no_images"
+    shutil.copytree(no_template, no_images)
+    (no_images / "processor_config.json").unlink()
+    one_error_line(launch("evaluation/cog_test.sh", **eval_env(synth_bench, no_images, tmp_path / "out",
+                                                              MIN_PIXELS="", MAX_PIXELS="")), "image processor")
+    assert nothing_in(tmp_path / "out")

@@ -72,6 +72,13 @@ class Family:
             processor = AutoProcessor.from_pretrained(str(path), **overrides)
         except OSError as e:
             raise CogipError(f"cannot load a {self.name} processor from {path}: {str(e).splitlines()[0]}") from None
+        if self.name == "generic":   # what the generic adapter asks through: the model's own processor and template
+            if not hasattr(processor, "image_processor"):
+                raise CogipError("no image processor (preprocessor_config.json): the model cannot take an image",
+                                 file=str(path))
+            if not getattr(processor, "chat_template", None):
+                raise CogipError("no chat template (chat_template.jinja): the generic adapter asks through the "
+                                 "model's own", file=str(path))
         if bounds:
             self.set_pixel_bounds(processor, **bounds)
         return processor
