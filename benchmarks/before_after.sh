@@ -7,6 +7,7 @@
 set -uo pipefail
 W=${WORK:-/tmp/before_after}; BEFORE=${BEFORE:-$PWD/before}; AFTER=${AFTER:-$PWD}; STEPS=${STEPS:-12}
 PY=${PYTHON:-python3}; export PYTHON=$PY
+export PYTHONPATH="$AFTER${PYTHONPATH:+:$PYTHONPATH}"   # prep's scripts import cogip from this tree
 mkdir -p "$W"
 prep() {
   [ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "$W/model" || return 1
