@@ -7,9 +7,9 @@
 set -uo pipefail
 W=${WORK:-/tmp/before_after}; BEFORE=${BEFORE:-$PWD/before}; AFTER=${AFTER:-$PWD}; STEPS=${STEPS:-12}
 PY=${PYTHON:-python3}; export PYTHON=$PY
-export PYTHONPATH="$AFTER${PYTHONPATH:+:$PYTHONPATH}"   # prep's scripts import cogip from this tree
 mkdir -p "$W"
-prep() {
+prep() {   # its scripts import cogip from this tree
+  local PYTHONPATH="$AFTER${PYTHONPATH:+:$PYTHONPATH}"; export PYTHONPATH
   [ -d "$W/model" ] || $PY benchmarks/real_model.py --family qwen "$W/model" || return 1
   [ -d "$W/bench" ] || $PY -m cogip data synth "$W/bench" --n 478 --n-train 48 > /dev/null || return 1
   [ -d "$W/images" ] || $PY -m cogip data synth "$W/images" --from-bench "$W/bench" --size-range 640 1152 | tail -1
