@@ -55,6 +55,8 @@ def test_a_given_num_gpus_is_kept(tmp_path):
 @pytest.mark.parametrize("script, names", [
     ("evaluation/qwen/cog_test.sh", ["MODEL_ID", "TEST_DIR", "IMAGE_ROOT", "SAMPLE_N", "MODE", "docs/evaluate.md"]),
     ("evaluation/llama/cog_test.sh", ["MODEL_ID", "--accel off", "docs/evaluate.md"]),
+    ("evaluation/cog_test.sh", ["any vision-language model", "MODEL_ID", "--backend openai --base-url URL --model NAME",
+                                "--trust-remote-code", "docs/serving.md", "docs/evaluate.md"]),
     ("sft/gemma/finetune_lora.sh", ["MODEL_ID", "DATA_PATH", "IMAGE_ROOT", "OUT", "NUM_GPUS", "--soft-kernel",
                                     "docs/train.md"]),
     ("qwen-image/run_batch.sh", ["ALIGNED", "PIPELINE", "TRAITS", "docs/generate.md"]),
