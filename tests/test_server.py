@@ -114,8 +114,8 @@ def summary(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-def test_served_answers_are_the_in_process_answers(baseline):
-    served, local, run = baseline
+def test_served_answers_are_the_in_process_answers(served, baseline):
+    server, (served, local, run) = served, baseline
     n = 0
     for dim in DIMS:
         s, l = read_records(served / dim), read_records(local / dim)
@@ -127,7 +127,7 @@ def test_served_answers_are_the_in_process_answers(baseline):
     assert n >= 24   # a model that answers: the comparison is of parsed scores, not of failures
     assert summary(served) == summary(local)
     timing = json.loads((served / "timing.json").read_text())
-    assert timing["items"] == 32 and timing["in_flight"] == 8
+    assert timing["items"] == 32 and timing["in_flight"] == 8 and timing["base_url"] == server.url
     # the key: in no output file and not in the console
     assert KEY not in run.stdout + run.stderr
     assert all(KEY not in p.read_text(errors="replace") for p in served.rglob("*") if p.is_file())
@@ -147,7 +147,7 @@ def test_a_model_the_server_does_not_serve_is_one_line(served, synth_bench, tmp_
 
 def test_a_server_killed_mid_run_loses_nothing(trained, synth_bench, baseline, tmp_path):
     """Restarted while the client retries: the run goes on. Gone past the retries: the run stops in one line,
-    keeping what was answered; rerun once the server is back, it answers only the rest. Each item is
+    keeping what was answered; rerun once the server is back (at another port), it answers only the rest. Each item is
     answered once, and the results are the uninterrupted run's."""
     server = Server(trained["qwen"], free_port(), tmp_path / "serve.log").start()
     try:
@@ -169,6 +169,7 @@ def test_a_server_killed_mid_run_loses_nothing(trained, synth_bench, baseline, t
         one_error_line(stopped, "cannot connect", "rerun the same command")
         first = answered(out)
         assert 8 <= first < 32
+        server.port = free_port()   # back at another address: the same model, so the same run
         server.start()
         run = cog_test(server, served_env(synth_bench, out), "--in-flight", 2)
         assert run.returncode == 0, run.stderr[-3000:]

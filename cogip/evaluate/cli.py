@@ -95,8 +95,11 @@ def main(argv: list[str] | None = None, end_process: bool = False) -> int:
 
 def _serve_check(a) -> int:
     missing = [f for f, v in (("--base-url", a.base_url), ("--model", a.model)) if not v]
-    if missing:
-        print(f"cogip evaluate: error: --backend openai needs {' and '.join(missing)}", file=sys.stderr)
+    bad = [f"{f} {v}" for f, v, low in (("--in-flight", a.in_flight, 1), ("--max-retries", a.max_retries, 0),
+                                         ("--top-logprobs", a.top_logprobs, 1)) if v < low]
+    if missing or bad:
+        why = f"--backend openai needs {' and '.join(missing)}" if missing else f"{bad[0]} is too small"
+        print(f"cogip evaluate: error: {why}", file=sys.stderr)
         return 2
     return 0
 

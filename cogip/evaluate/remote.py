@@ -71,7 +71,9 @@ class ServerModel:
         self.client = OpenAI(base_url=o.base_url, api_key=key, max_retries=o.max_retries, timeout=o.timeout)
 
     def run_info(self) -> dict:
-        return {"backend": "openai", "base_url": self.o.base_url, "model_id": self.o.model}
+        """What identifies the run (run.json): the served model, not where it is served from, so a run resumes
+        against the same model moved to another address."""
+        return {"backend": "openai", "model_id": self.o.model}
 
     def check(self) -> None:
         """The model is one the server serves (where the server lists its models)."""
@@ -161,7 +163,8 @@ class ServerEngine(PlainEngine):
         raise_first(check_images(check or [], progress=False))
         scorer.check()
         self.out, self.accelerator, self.started = out, None, time.perf_counter()
-        self.info = {"processes": 1, "backend": "openai", "in_flight": scorer.o.in_flight, "mode": mode}
+        self.info = {"processes": 1, "backend": "openai", "base_url": scorer.o.base_url, "in_flight": scorer.o.in_flight,
+                     "mode": mode}
         pending = iter(share)
         with ThreadPoolExecutor(scorer.o.in_flight) as pool:
             def submit():
