@@ -71,8 +71,7 @@ def served(trained, tmp_path_factory):
 
 
 def served_env(bench, out, **extra) -> dict:
-    env = eval_env(bench, "", out, MIN_PIXELS="", MAX_PIXELS="", OPENAI_API_KEY=KEY, **extra)
-    return env
+    return eval_env(bench, "", out, MIN_PIXELS="", MAX_PIXELS="", OPENAI_API_KEY=KEY, **extra)
 
 
 def cog_test(server: Server, env: dict, *args, wait: bool = True):

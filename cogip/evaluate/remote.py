@@ -115,11 +115,11 @@ class ServerModel:
 def read_top_logprobs(ans: Answer, content: list, dim: Dimension) -> None:
     """Expected mode from an answer's per-token log-probabilities (`choice.logprobs.content`): the score over
     the number tokens among each step's top K, and the probability of the answer's label along its tokens."""
+    import torch
     tokens = [c.token for c in content]
     digits = [len(t) if t.isascii() and t.isdigit() and len(t) <= 3 else 0 for t in tokens]
 
     def distribution(i: int, k: int):
-        import torch
         seen = {t.token: t.logprob for t in content[i].top_logprobs
                 if t.token.isascii() and t.token.isdigit() and len(t.token) == k}
         seen.setdefault(content[i].token, content[i].logprob)

@@ -227,9 +227,10 @@ def detect_family(path: str | os.PathLike, trust_remote_code: bool = False) -> F
 def _family_of(source: str, trust_remote_code: bool = False) -> tuple[Family | None, str]:
     """(family, how it was found) of a source, or (None, "") where its files or name do not say."""
     import json
-    if os.path.isfile(os.path.join(source, "config.json")):
-        fam = detect_family(source, trust_remote_code)
-        model_type = json.load(open(os.path.join(source, "config.json"))).get("model_type")
+    config = os.path.join(source, "config.json")
+    if os.path.isfile(config):
+        cfg = json.load(open(config))
+        fam, model_type = family_of_config(cfg, config, trust_remote_code), cfg.get("model_type")
         return fam, f"{source} is a {fam.name if fam is not GENERIC else model_type} checkpoint (model_type {model_type!r})"
     adapter = os.path.join(source, "adapter_config.json")
     if os.path.isfile(adapter):

@@ -61,8 +61,16 @@ SPECIAL = {
                  "<global-img>"],
     "llava_onevision": ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"],
 }
-# the other architectures' token roles (the families' are in _tokenizer)
+# each tokenizer's special-token roles, as the real checkpoint's tokenizer has them
 ROLES = {
+    "qwen": dict(eos_token="<|im_end|>", pad_token="<|endoftext|>",   # Qwen2.5-VL has no BOS token
+                 extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>",
+                                       "vision_bos_token": "<|vision_start|>", "vision_eos_token": "<|vision_end|>"}),
+    "llama": dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|finetune_right_pad_id|>",
+                  extra_special_tokens={"image_token": "<|image|>"}),
+    "gemma": dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+                  extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                        "image_token": "<image_soft_token>"}),
     "idefics3": dict(bos_token="<|im_start|>", eos_token="<end_of_utterance>", pad_token="<|endoftext|>",
                      extra_special_tokens={"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
                                            "global_image_token": "<global-img>",
@@ -89,7 +97,7 @@ def _corpus() -> list[str]:
 def _tokenizer(family: str, real_tokenizers: str | os.PathLike | None = None):
     """The family's tokenizer with its real special-token roles; the vocabulary tiny or real."""
     from transformers import PreTrainedTokenizerFast
-    if real_tokenizers is not None and family in ROLES:
+    if real_tokenizers is not None and family in OTHER_ARCHITECTURES:
         raise ValueError(f"real tokenizers are fetched for the families only, not {family}")
     if real_tokenizers is not None:
         from .real_tokenizers import load
@@ -97,23 +105,7 @@ def _tokenizer(family: str, real_tokenizers: str | os.PathLike | None = None):
     else:
         tok = train_bpe(_corpus(), SPECIAL[family], digit_group=3 if family == "llama" else 1,
                         bos={"llama": "<|begin_of_text|>", "gemma": "<bos>"}.get(family))
-    common = dict(tokenizer_object=tok, clean_up_tokenization_spaces=False)
-    if family in ROLES:
-        return PreTrainedTokenizerFast(**common, **ROLES[family])
-    if family == "qwen":   # Qwen2.5-VL has no BOS token
-        return PreTrainedTokenizerFast(**common, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                       extra_special_tokens={"image_token": "<|image_pad|>",
-                                                             "video_token": "<|video_pad|>",
-                                                             "vision_bos_token": "<|vision_start|>",
-                                                             "vision_eos_token": "<|vision_end|>"})
-    if family == "llama":   # Llama-3.2-Vision-Instruct's roles
-        return PreTrainedTokenizerFast(**common, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                       pad_token="<|finetune_right_pad_id|>",
-                                       extra_special_tokens={"image_token": "<|image|>"})
-    return PreTrainedTokenizerFast(**common, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-                                   unk_token="<unk>",
-                                   extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
-                                                         "image_token": "<image_soft_token>"})
+    return PreTrainedTokenizerFast(tokenizer_object=tok, clean_up_tokenization_spaces=False, **ROLES[family])
 
 
 def _qwen(tok, image_size: int):
