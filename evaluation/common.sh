@@ -20,7 +20,8 @@ Variables:
   BASE_MODEL    an adapter's base model (default: the one it records)
   TEST_DIR      data/test_msg_file         IMAGE_ROOT  data/cognition/cognition_images
   OUT           outputs/eval-$FAMILY-<model name>-<mode> (rerunning into it resumes)
-  SAMPLE_N      items per dimension (120; 0 = all)   MODE  generate | expected   BATCH_SIZE (8)
+  SAMPLE_N      items per dimension (120; 0 = all)   MODE  generate | expected
+  BATCH_SIZE    images a batch (default: on a GPU from free memory and image sizes, at most 32; else 8)
   NUM_GPUS      GPUs (default: all visible; >1 runs data-parallel)
   MIN_PIXELS, MAX_PIXELS   Qwen's image-size bounds (default: the published 256·28², 1280·28²)
 
@@ -29,7 +30,7 @@ Main options (every one: docs/evaluate.md, or python -m cogip evaluate --help):
   --sampling published|per-dimension, --seed N, --indices-from DIR   which items
   --backend openai --base-url URL --model NAME   a served model (key: \$OPENAI_API_KEY; docs/serving.md)
   --trust-remote-code                                                  run a checkpoint's own code
-  --compile [vision|language|all], --pipeline N                        speed (docs/performance.md)
+  --compile none|vision|language|all, --pipeline N   speed, chosen by themselves unless given (docs/performance.md)
   --accel off                                                          the plain loop
 HELP
   exit 0
@@ -46,8 +47,9 @@ model_name() {   # for the default OUT: the served model's name (--model), or th
 args=(--family "$FAMILY"
       --test-dir "${TEST_DIR:-$ROOT/data/test_msg_file}" --image-root "${IMAGE_ROOT:-$ROOT/data/cognition/cognition_images}"
       --out "${OUT:-$ROOT/outputs/eval-$FAMILY-$(model_name "$@")-${MODE:-generate}}"
-      --batch-size "${BATCH_SIZE:-8}" --mode "${MODE:-generate}"
+      --mode "${MODE:-generate}"
       --dtype "$( (( NUM_GPUS > 0 )) && echo bfloat16 || echo float32)")
+[ -n "${BATCH_SIZE:-}" ] && args+=(--batch-size "$BATCH_SIZE")
 [ -n "${MODEL_ID:-}" ] && args+=(--model-id "$MODEL_ID")
 [ -n "${BASE_MODEL:-}" ] && args+=(--base-model "$BASE_MODEL")
 [ -n "${MIN_PIXELS:-}" ] && args+=(--min-pixels "$MIN_PIXELS")

@@ -390,7 +390,7 @@ def test_batches_hold_items_of_like_length(trained, synth_bench, tmp_path):
     assert lengths == sorted(lengths, reverse=True) and len(set(lengths)) > 4   # longest first, sizes that vary
     from cogip.accel.scoring import Lengths
     length = Lengths(scorer.prepare)
-    listed = [length(Image.open(images / item.image).size, item.prompt) for d in dims for item in items[d]]
+    listed = [length(Image.open(images / item.image).size, item.prompt)[0] for d in dims for item in items[d]]
     assert sorted(listed, reverse=True) == lengths                              # exact, for every item
     pad = lambda ls: sum(max(ls[k:k + 4]) * len(ls[k:k + 4]) - sum(ls[k:k + 4]) for k in range(0, len(ls), 4))
     assert pad(lengths) < pad(listed) / 2                                       # in listed order: over twice the padding
@@ -424,8 +424,8 @@ class WaitingLoading(ScorerLoading):
         self.mark, self.prepare = mark, MarkingPreparer(self.prepare, mark)
         self.prepared_first, self.pixel_dtypes = None, []
 
-    def _expected_dtype(self, weights_src):   # misguess: as if the config named bfloat16 and float32 loaded
-        return torch.bfloat16 if self.misguess else super()._expected_dtype(weights_src)
+    def _expected_dtype(self):   # misguess: as if the config named bfloat16 and float32 loaded
+        return torch.bfloat16 if self.misguess else super()._expected_dtype()
 
     def load(self):
         deadline = time.monotonic() + 60

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from ..data.images import check_images, open_image, raise_first
 from ..data.layout import write_atomic, write_json
@@ -36,7 +38,8 @@ from ..dims import get_dimension
 from ..errors import CogipError
 from . import private
 from .attention import use_fast_vision_attention, use_packed_prefill
-from .blocks import compile_blocks
+from .auto import PLAIN_BATCH, Choice, choose, weights_bytes
+from .blocks import compile_blocks, parse_parts
 from .profiling import GCPauses, process_age
 from .vision_matmuls import use_fast_vision_matmuls
 
@@ -44,10 +47,10 @@ from .vision_matmuls import use_fast_vision_matmuls
 @dataclass
 class ScoringOptions:
     num_workers: int | None = None      # loader workers (None: 8 on a GPU, 0 on a CPU)
-    pipeline: int | None = None         # batches in flight (None: 2 on a GPU, 1 on a CPU)
+    pipeline: int | None = None         # batches in flight (None: chosen, cogip.accel.auto)
     prefetch: int = 2                   # prepared batches each worker keeps ready
     pin_memory: bool | None = None      # None: on a GPU
-    compile: str = "none"               # none | vision | language | all
+    compile: str = "auto"               # auto | none | vision | language | all (cogip.accel.auto)
     compile_dynamic: bool = True        # vision blocks compiled with dynamic shapes from the first batch
     profile_batches: str = "0"          # N or A:B
 
@@ -57,13 +60,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed (cogip.accel; none of these changes an answer)")
     g.add_argument("--accel", choices=("on", "off"), default="on",
                    help="off: the plain loop (one batch at a time, the model as transformers builds it)")
-    g.add_argument("--compile", nargs="?", const="vision", default="none", metavar="PARTS",
-                   help="torch.compile the blocks of PARTS: vision (when given without a value), language, all; "
-                        "pays off on long runs (GPU)")
+    g.add_argument("--compile", nargs="?", const="vision", default="auto", metavar="PARTS",
+                   help="torch.compile the blocks of PARTS: vision (when given without a value), language, all, none; "
+                        "auto (default): all on a GPU when the run is long enough to repay compiling, else none")
     g.add_argument("--compile-dynamic", action=argparse.BooleanOptionalAction, default=True,
                    help="with --compile: vision blocks compiled for every image size at once (default)")
     g.add_argument("--num-workers", type=int, help="loader workers preparing batches (default: 8 on a GPU, 0 on a CPU)")
-    g.add_argument("--pipeline", type=int, help="batches in flight on the device (default: 2 on a GPU, 1 on a CPU)")
+    g.add_argument("--pipeline", type=int, help="batches in flight on the device (default: 3 with compiled blocks, "
+                                                "else 2 on a GPU; 1 on a CPU)")
     g.add_argument("--prefetch", type=int, default=2, help="prepared batches each loader worker keeps ready (2)")
     g.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="pin prepared batches for asynchronous copies (default: on a GPU)")
@@ -76,6 +80,8 @@ def engine_for(args) -> "FastEngine | None":
     Call before anything starts CUDA: it sets the pinned-memory allocator's options."""
     if args.accel == "off":
         return None
+    if args.compile != "auto":
+        parse_parts(args.compile, "--compile parts")   # a bad value: one line, before anything loads
     use_fast_pinning()
     return FastEngine(ScoringOptions(args.num_workers, args.pipeline, args.prefetch, args.pin_memory, args.compile,
                                      args.compile_dynamic, args.profile_batches))
@@ -225,12 +231,14 @@ class Lengths:
     def __init__(self, prepare):
         self.prepare, self._prompt_tokens = prepare, {}
 
-    def __call__(self, image_size: tuple[int, int] | None, prompt: str) -> int:
+    def __call__(self, image_size: tuple[int, int] | None, prompt: str) -> tuple[int, int]:
+        """(tokens, of which visual tokens)."""
         p = self.prepare
         if prompt not in self._prompt_tokens:
             text = p.family.chat_prompt(p.processor, prompt)
             self._prompt_tokens[prompt] = len(p.processor.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return self._prompt_tokens[prompt] + (visual_tokens(p.processor, *image_size) if image_size else 0)
+        visual = visual_tokens(p.processor, *image_size) if image_size else 0
+        return self._prompt_tokens[prompt] + visual, visual
 
 
 def visual_tokens(processor, width: int, height: int) -> int:
@@ -244,9 +252,11 @@ def visual_tokens(processor, width: int, height: int) -> int:
     return 0 if resized is None else (resized[0] // factor) * (resized[1] // factor) - 1
 
 
-def longest_first(share: list[tuple[str, int]], items: dict, image_root: Path, prepare) -> list[tuple[str, int]]:
+def longest_first(share: list[tuple[str, int]], items: dict, image_root: Path, prepare
+                  ) -> tuple[list[tuple[str, int]], tuple[int, int]]:
     """The items ordered by the length of their sequences, longest first (ties in their order): a batch pads
-    each item to its longest, so like lengths together pad little. Sizes come from the image headers."""
+    each item to its longest, so like lengths together pad little. Sizes come from the image headers. Also
+    the longest item's (tokens, visual tokens)."""
     def size(pair):
         name, i = pair
         try:
@@ -258,7 +268,8 @@ def longest_first(share: list[tuple[str, int]], items: dict, image_root: Path, p
         sizes = list(pool.map(size, share))
     length = Lengths(prepare)
     lengths = [length(wh, items[name][i].prompt) for wh, (name, i) in zip(sizes, share)]
-    return [share[k] for k in sorted(range(len(share)), key=lambda k: -lengths[k])]
+    order = sorted(range(len(share)), key=lambda k: -lengths[k][0])
+    return [share[k] for k in order], (lengths[order[0]] if order else (0, 0))
 
 
 class _Batches(torch.utils.data.Dataset):
@@ -387,21 +398,26 @@ class FastEngine:
         self.window = profile_window(self.o.profile_batches)   # a bad window: one line, before anything loads
         self.scorer = None
 
-    def answers(self, scorer, share: list[tuple[str, int]], items: dict, image_root: Path, batch_size: int,
+    def answers(self, scorer, share: list[tuple[str, int]], items: dict, image_root: Path, batch_size: int | None,
                 mode: str, out: Path, accelerator=None, check: list | None = None) -> Iterator[tuple]:
         from ..evaluate.scorer import LOW_PRECISION, ScorerLoading
         o, cuda = self.o, torch.cuda.is_available()
+        loading = isinstance(scorer, ScorerLoading)
         workers = o.num_workers if o.num_workers is not None else (8 if cuda else 0)
-        self.depth = depth = o.pipeline if o.pipeline is not None else (2 if cuda else 1)
         pin = cuda if o.pin_memory is None else o.pin_memory
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
+        self.share, longest = longest_first(share, items, image_root, scorer.prepare)
+        share = self.share
+        self.choice = choice = self._choose(scorer, loading, len(share), longest, batch_size, cuda)
+        if self.rank == 0 and share:
+            tqdm.write(choice.line(), file=sys.stderr)   # above the loop's progress bar
+        batch_size, depth, compile_parts = choice.batch_size, choice.pipeline, choice.compile
+        self.depth = depth
         self.accelerator, self.mode, self.batch_size, self.out = accelerator, mode, batch_size, out
         self.loader_info = {"workers": workers, "prefetch": o.prefetch, "pin_memory": pin,
                             "host_register": pin and _host_register()}
-        self.share = share = longest_first(share, items, image_root, scorer.prepare)
         chunks = [share[s:s + batch_size] for s in range(0, len(share), batch_size)]
-        loading = isinstance(scorer, ScorerLoading)
         if workers and chunks and batch_size >= 8 and not loading:
             # ramp-up: the first batch as a quarter, a quarter and a half, each prepared by its own worker, so
             # the device starts after a quarter of a batch's preparation (not while the model loads: then the
@@ -451,7 +467,7 @@ class FastEngine:
             if scorer.prepare.dtype != expected_dtype and expected_dtype in LOW_PRECISION:
                 prepared = start_loader(scorer.prepare)   # the weights loaded in another dtype: prepare again
         self.scorer = scorer
-        pipeline = speed_up(scorer, o.compile, o.compile_dynamic)
+        pipeline = speed_up(scorer, compile_parts, o.compile_dynamic)
         if loading:
             self.started = start_clock()
         self.device_before = _device_pool_stats()
@@ -489,6 +505,23 @@ class FastEngine:
         passed_check()   # also when nothing was left to answer
         profile.stop()
 
+    def _choose(self, scorer, loading: bool, n_items: int, longest: tuple[int, int], batch_size: int | None,
+                cuda: bool) -> Choice:
+        """The settings not given (cogip.accel.auto), from the model's config before its weights load."""
+        o, fam = self.o, scorer.family
+        config = scorer.config if loading else scorer.model.config
+        dtype = scorer.prepare.dtype
+        weights = 0
+        free = None
+        if config is None:   # loading the weights will say why, in one line
+            batch_size = batch_size or PLAIN_BATCH
+        if cuda and not batch_size:
+            weights = weights_bytes(fam.model_cls(), config, torch.empty((), dtype=dtype).element_size()) if loading else 0
+            device = torch.device(scorer.device if loading else scorer.model.device)
+            free = torch.cuda.mem_get_info(device if device.type == "cuda" else None)[0]
+        return choose(n_items, longest, fam.name, config, dtype, weights, batch_size, o.pipeline, o.compile, cuda,
+                      free_bytes=free)
+
     def loop_done(self, n_run: int) -> None:
         """timing.json of the loop (every rank's timeline; rank 0 writes it once all ranks are done)."""
         out, rank, world = self.out, self.rank, self.world
@@ -512,6 +545,8 @@ class FastEngine:
         ranks = [json.loads((out / f"timing.rank{r}.json").read_text()) for r in range(1, world)]
         self.timing = {"items": n_run, "seconds": round(seconds, 3), "processes": world,
                        "batch_size": self.batch_size, "mode": self.mode, "pipeline": self.depth,
+                       "chosen": {"batch_size": self.batch_size, "pipeline": self.depth,
+                                  "compile": self.choice.compile, "why": self.choice.why},
                        "images_per_s": round(n_run / seconds, 3) if n_run else None,
                        **{k: v for k, v in own.items() if k not in ("items", "seconds")},
                        "gc": self.gc_pauses.summary(),

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(DIR/sample_indices_<Dim>.json, published or ours)")
     p.add_argument("--mode", choices=("generate", "expected"), default="generate",
                    help="generate: the answer's number; expected: the score read from the digit probabilities")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, help="images a batch (default: on a GPU, from the memory free beside the "
+                   "weights and the longest item's length, at most 32; else 8)")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--dtype", default="auto", help="auto | bfloat16 | float16 | float32")
     p.add_argument("--min-pixels", type=int, help="Qwen: image pixels lower bound")

@@ -29,6 +29,8 @@ from ..dims import get_dimension
 from ..errors import CogipError
 from .report import write_dimension, write_summary
 
+PLAIN_BATCH = 8   # the plain loop's batch when none is given
+
 PUBLISHED_SEED = 19
 
 
@@ -113,7 +115,7 @@ class LoopOptions:
     seed: int = PUBLISHED_SEED
     sampling: str = "published"                             # or per-dimension (see plan_samples)
     indices_from: str | None = None                         # score exactly an earlier run's items
-    batch_size: int = 8
+    batch_size: int | None = None                           # None: the engine's choice
     mode: str = "generate"                                  # or expected
     run_info: dict = field(default_factory=dict)            # recorded in run.json (model, base model)
 
@@ -200,6 +202,7 @@ class PlainEngine:
         from .scorer import ScorerLoading
         raise_first(check_images(check or [], progress=False))
         scorer = scorer.load() if isinstance(scorer, ScorerLoading) else scorer
+        batch_size = batch_size or PLAIN_BATCH
         self.out, self.accelerator, self.started = out, accelerator, time.perf_counter()
         self.info = {"processes": accelerator.num_processes if accelerator else 1, "batch_size": batch_size,
                      "mode": mode, "accel": "off"}

@@ -87,18 +87,19 @@ class ScorerLoading:
         self.family = fam
         self.processor = fam.load_processor(processor_src, **self.remote_code,
                                             **fam.pixel_bounds(min_pixels, max_pixels, published=published_pixels))
-        self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype(weights_src))
+        from transformers import AutoConfig
+        try:   # the model's config: its dtype, and its size for cogip.accel's choice of batch
+            self.config = AutoConfig.from_pretrained(weights_src, **self.remote_code)
+        except (OSError, ValueError):   # loading the weights reports a bad source, in one line
+            self.config = None
+        self.prepare = BatchPreparer(self.processor, fam, self._expected_dtype())
 
-    def _expected_dtype(self, weights_src: str) -> torch.dtype:
+    def _expected_dtype(self) -> torch.dtype:
         if isinstance(self.dtype_arg, torch.dtype):
             return self.dtype_arg
         if self.dtype_arg != "auto":
             return getattr(torch, self.dtype_arg)
-        from transformers import AutoConfig
-        try:
-            dtype = getattr(AutoConfig.from_pretrained(weights_src, **self.remote_code), "dtype", None)
-        except (OSError, ValueError):   # loading the weights reports a bad source, in one line
-            return torch.float32
+        dtype = getattr(self.config, "dtype", None)
         return getattr(torch, dtype) if isinstance(dtype, str) else (dtype or torch.float32)
 
     def load(self) -> "Scorer":
