@@ -101,6 +101,8 @@ class TrainingAccel:
         if not self.on:
             return make_trainable(model)
         family, targs = self.family, self.targs
+        if targs.process_index == 0:
+            print(self.line(), file=sys.stderr, flush=True)
         use_fast_vision_attention(model)
         use_fast_vision_matmuls(model)
         if targs.use_liger_kernel:
@@ -116,6 +118,17 @@ class TrainingAccel:
             fsdp_wrap_blocks(targs.fsdp_plugin_args, model, family)
         graph_blocks(model, family, self.graphed, accumulate=targs.gradient_accumulation_steps > 1)
         return model
+
+    def line(self) -> str:
+        """The speed settings of this run, in one line (from the recipe files and the options given)."""
+        o, targs = self.o, self.targs
+        recompute = o.checkpoint_parts if targs.activation_checkpointing else "none"
+        ds = targs.deepspeed
+        sharding = (f"DeepSpeed {Path(ds).stem}" if isinstance(ds, str) else "DeepSpeed" if ds else
+                    "FSDP2" if targs.fsdp else "no DeepSpeed or FSDP")
+        return (f"cogip sft: speed: recompute {recompute}; CUDA graphs {o.graph_parts if self.graphed else 'none'}; "
+                f"{'Liger' if targs.use_liger_kernel else 'transformers'} kernels; {sharding}; "
+                f"SDPA {o.sdpa_backends} (the recipe files and options; --accel off: none of these)")
 
     @property
     def callbacks(self) -> list:

@@ -148,6 +148,9 @@ class StepTimes(TrainerCallback):
         self.seconds: list[float] = []
         self._t = self._began = self._ended = None
         self._steps = 0
+        self._static = None
+
+    warmup = 2   # steps before the median's
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._began, self._first_step = self._now(), state.global_step
@@ -163,14 +166,16 @@ class StepTimes(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self._t is None:
             self._t = self._now()
+        if len(self.seconds) == self.warmup and torch.cuda.is_available():   # weights and optimizer state, between steps
+            self._static = torch.cuda.memory_allocated()
 
     def on_step_end(self, args, state, control, **kwargs):
         t = self._now()
         self.seconds.append(t - self._t)
         self._t = t
 
-    def summary(self, samples_per_step: int, warmup: int = 2) -> dict:
-        steady = self.seconds[warmup:] or self.seconds
+    def summary(self, samples_per_step: int) -> dict:
+        steady = self.seconds[self.warmup:] or self.seconds
         if not steady:
             return {}
         med = statistics.median(steady)
@@ -183,6 +188,8 @@ class StepTimes(TrainerCallback):
         if torch.cuda.is_available():   # this rank's peak: what decides the checkpointing parts that fit
             out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
             out["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2 ** 30, 2)   # the card must hold this
+            if self._static is not None:   # what the steps add beside the weights and optimizer state
+                out["activations_gib"] = round((torch.cuda.max_memory_allocated() - self._static) / 2 ** 30, 2)
         return out
 
 
