@@ -99,6 +99,29 @@ def test_scaling_smoke(tmp_path):
     assert json.loads((tmp_path / "llama" / "out" / "sft_none_0gpu.json").read_text())["family"] == "llama"
 
 
+def test_defaults_bench_smoke(tmp_path):
+    """benchmarks/defaults_bench.sh on the CPU: the published-style loop, the launchers with their defaults (and
+    one uncompiled), the SFT with its MFU line, one JSON line each."""
+    import os
+    env = dict(os.environ, SMOKE="1", WORK=str(tmp_path), PYTHON=sys.executable,
+               RUNS="pub eval480_cold eval1720_cold eval480_eager sft")
+    run = subprocess.run(["bash", ROOT / "benchmarks" / "defaults_bench.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["run"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert list(rows) == ["pub_qwen", "eval480_cold_qwen", "eval1720_cold_qwen", "eval480_eager_qwen", "sft_qwen"]
+    assert rows["pub_qwen"]["result"]["items"] == 4 and rows["pub_qwen"]["result"]["loop_images_per_s"] > 0
+    published, whole = rows["eval480_cold_qwen"], rows["eval1720_cold_qwen"]
+    assert published["rc"] == whole["rc"] == 0 and published["timing"]["items"] == 8 and whole["timing"]["items"] == 12
+    assert whole["process_s"] > whole["timing"]["seconds"]
+    assert published["chosen"].startswith("cogip evaluate: batch 8 (on a CPU)")
+    assert rows["eval480_eager_qwen"]["timing"]["chosen"]["why"]["compile"] == "given"
+    sft = rows["sft_qwen"]
+    assert sft["rc"] == 0 and sft["train"]["throughput"]["samples_per_step"] == 4
+    # 6 x parameters x tokens: the tiny model's parameters, the language model's tokens of the run
+    assert sft["mfu"]["params"] > 0 and sft["mfu"]["tokens_per_sample"] > 10 and sft["mfu"]["mfu"] is None   # no peak on a CPU
+
+
 def test_loop_rate_recovers_a_known_rate_and_the_start_and_end(tmp_path):
     spec = importlib.util.spec_from_file_location("loop_rate", ROOT / "benchmarks" / "loop_rate.py")
     module = importlib.util.module_from_spec(spec)
