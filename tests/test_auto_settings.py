@@ -119,3 +119,35 @@ def test_launcher_reports_its_choice(tiny_models, synth_bench, tmp_path):
     bad = subprocess.run(["bash", "evaluation/qwen/cog_test.sh", "--compile", "everything"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "everything" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_out_of_memory_is_one_line_and_keeps_the_answers(tiny_models, synth_bench, tmp_path):
+    """A batch that does not fit (here: the third) stops the run with one line saying what to give instead;
+    the batches answered before it stay recorded, and the rerun with a smaller batch answers only the rest."""
+    from cogip.accel.scoring import FastEngine, ScoringOptions
+    from cogip.errors import CogipError
+    from cogip.evaluate.loop import LoopOptions, read_records, run_benchmark
+    from cogip.evaluate.scorer import Scorer
+    scorer = Scorer.load(str(tiny_models["qwen"]))
+    answer, calls = scorer.answer_prepared, []
+
+    def crowded(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.96 GiB.")
+        return answer(*args, **kwargs)
+    scorer.answer_prepared = crowded
+    options = LoopOptions(str(synth_bench / "test_msg_file"), str(synth_bench / "cognition" / "cognition_images"),
+                          str(tmp_path / "out"), ["Aesthetics", "Funniness"], batch_size=2)
+    with pytest.raises(CogipError) as e:
+        run_benchmark(scorer, options, FastEngine(ScoringOptions(num_workers=0)))
+    assert "out of GPU memory answering batches of 2 with 1 in flight (batch given); 4 items" in str(e.value)
+    assert "--batch-size" in str(e.value) and "\n" not in str(e.value)
+    kept = {d: read_records(tmp_path / "out" / d) for d in ("Aesthetics", "Funniness")}
+    assert sum(len(r) for r in kept.values()) == 4
+    calls.clear()
+    counted = []
+    scorer.answer_prepared = lambda *a, **k: counted.append(1) or answer(*a, **k)
+    summary = run_benchmark(scorer, LoopOptions(**{**vars(options), "batch_size": 1}), FastEngine(ScoringOptions(num_workers=0)))
+    assert set(summary) == {"Aesthetics", "Funniness"}
+    assert sum(len(read_records(tmp_path / "out" / d)) for d in summary) == 16 and len(counted) == 12   # the rest

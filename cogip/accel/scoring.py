@@ -499,6 +499,12 @@ class FastEngine:
                         profile.start()
                     if len(self.answered) == self.window[1]:
                         profile.stop()
+            except torch.OutOfMemoryError:
+                passed_check()
+                done = self.answered[-1][1] if self.answered else 0
+                raise CogipError(f"out of GPU memory answering batches of {batch_size} with {depth} in flight "
+                                 f"(batch {choice.why['batch_size']}); {done} items were answered and kept: rerun "
+                                 f"with a smaller --batch-size or --pipeline 1 to go on", file=str(out)) from None
             except Exception:
                 passed_check()   # a bad image met by the loader first: the check's one line, not a worker's traceback
                 raise
