@@ -1,7 +1,7 @@
 """A training run's model FLOPs utilisation, from its output folder (cogip_train.json and log_history.json of a run
-with `--include_num_input_tokens_seen True`) and its model: 6 x parameters x tokens a second (forward, backward,
-and the recompute of checkpointed blocks counted as one more forward), against the card's dense bf16 peak. The
-tokens are the language model's input tokens (images as their visual tokens). Prints one JSON object.
+with `--include_num_input_tokens_seen True`) and its model: 6 x parameters x tokens a second (a forward and a
+backward; the recompute of checkpointed blocks not counted), against the card's dense bf16 peak. The tokens are
+the language model's input tokens (images as their visual tokens). Prints one JSON object.
 
     python benchmarks/mfu.py OUTPUT_DIR MODEL_DIR
 """
