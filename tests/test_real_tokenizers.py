@@ -132,7 +132,7 @@ def test_one_bos_in_every_training_row_and_scoring_prompt(processors, synth_benc
     for i in range(len(rows)):   # left-padded: the BOS is the first real token
         _one_bos(tok, prepared["input_ids"][i].tolist(), prepared["attention_mask"][i].tolist(), family)
     from cogip.accel.scoring import Lengths
-    assert Lengths(BatchPreparer(proc, fam, torch.float32))(None, rows[0]["prompt"]) == len(
+    assert Lengths(BatchPreparer(proc, fam, torch.float32))(None, rows[0]["prompt"])[0] == len(
         tok(fam.chat_prompt(proc, rows[0]["prompt"]), add_special_tokens=False).input_ids)
 
 
