@@ -73,16 +73,15 @@ def make_bench(root: Path, n: int, side: int, mixed: bool = False) -> Path:
 
 
 def published_loop(model, processor, fam, bench: Path, n: int) -> float:
+    """Images a second of the published loop (`published_eval.answer_one`, one image at a time) on the bench."""
+    from published_eval import answer_one
     msgs = json.loads((bench / "test/Aesthetics/Aesthetics_messages.json").read_text())[:n]
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t = time.perf_counter()
     for m in msgs:
-        image = open_image(bench / "img" / m[0]["content"][0]["image"])
-        text = fam.chat_prompt(processor, m[0]["content"][1]["text"])
-        inputs = processor(text=[text], images=[image], return_tensors="pt").to(model.device)
-        out = model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False)
-        processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answer_one(model, processor, fam, open_image(bench / "img" / m[0]["content"][0]["image"]),
+                   m[0]["content"][1]["text"], MAX_NEW)
     sync()
     return len(msgs) / (time.perf_counter() - t)
 
@@ -150,16 +149,16 @@ def main():
         n_workers = next((int(o[7:]) for o in options if o.startswith("workers")), workers)
         loader = {"prefetch": next((int(o[8:]) for o in options if o.startswith("prefetch")), 2),
                   **({"pin_memory": False} if "nopin" in options else {})}
-        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW)
-        speed_up(scorer, compile_parts)
-        scorer.pipeline.cudnn_attention = "cudnn" in options
-        if label == "base":   # the published loop and the shapes, once
+        if label == "base":   # the published loop (on the model as transformers builds it) and the shapes, once
             sample = processor(text=[fam.chat_prompt(processor, DIMENSIONS["Aesthetics"].prompt)],
                                images=[open_image(bench / "img/Aesthetics/000000.jpg")], return_tensors="pt")
             results["visual_tokens"] = int((sample["input_ids"] == model.config.image_token_id).sum())
             results["prompt_tokens"] = int(sample["input_ids"].shape[1])
             published_loop(model, processor, fam, bench, 2)                       # warm-up
             results["published_img_s"] = published_loop(model, processor, fam, bench, n_pub)
+        scorer = Scorer(model, processor, fam, max_new_tokens=MAX_NEW)
+        speed_up(scorer, compile_parts)
+        scorer.pipeline.cudnn_attention = "cudnn" in options
         sizes = a.batch_sizes if cuda else [4]
         for mode in ("generate", "expected"):
             for bs in (sizes if variant == "base" else sizes[-1:]):

@@ -22,6 +22,14 @@ from cogip.evaluate.loop import PUBLISHED_SEED, plan_samples  # noqa: E402
 from cogip.models.families import FAMILIES  # noqa: E402
 
 
+def answer_one(model, processor, fam, image, prompt: str, max_new_tokens: int) -> str:
+    """One item as the published loop answers it: its chat prompt, the processor, greedy `generate`, decode."""
+    inputs = fam.encode(processor, [fam.chat_prompt(processor, prompt)], [image], return_tensors="pt").to(model.device)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model-id", required=True)
@@ -42,12 +50,7 @@ def main():
     model = fam.model_cls().from_pretrained(a.model_id, dtype="auto", device_map="auto").eval()
     loaded = time.perf_counter()
     for item in todo:
-        image = open_image(f"{a.image_root}/{item.image}")
-        text = fam.chat_prompt(processor, item.prompt)
-        inputs = fam.encode(processor, [text], [image], return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=a.max_new_tokens, do_sample=False)
-        processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answer_one(model, processor, fam, open_image(f"{a.image_root}/{item.image}"), item.prompt, a.max_new_tokens)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     done = time.perf_counter()

@@ -114,8 +114,8 @@ def test_launcher_reports_its_choice(tiny_models, synth_bench, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = [x for x in run.stderr.splitlines() if "cogip evaluate: batch" in x]
     assert len(lines) == 1 and "batch 8 (on a CPU)" in lines[0] and "compiled blocks: none (on a CPU)" in lines[0]
-    chosen = json.loads((out / "timing.json").read_text())["chosen"]
-    assert (chosen["batch_size"], chosen["pipeline"], chosen["compile"]) == (8, 1, "none")
+    timing = json.loads((out / "timing.json").read_text())
+    assert (timing["batch_size"], timing["pipeline"], timing["chosen"]["compile"]) == (8, 1, "none")
     bad = subprocess.run(["bash", "evaluation/qwen/cog_test.sh", "--compile", "everything"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "everything" in bad.stderr and "Traceback" not in bad.stderr

@@ -6,13 +6,13 @@ numbers below)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..evaluate.loop import PLAIN_BATCH
+from . import private
 
 MAX_BATCH = 32         # the fastest batch measured (16 and 32 tried); larger ones not measured
 RESERVE = 2 * 2 ** 30  # left free beside the weights and the batches: CUDA's workspaces, the allocator's slack
@@ -40,15 +40,6 @@ class Choice:
                  f"{self.pipeline} batch{'es' if self.pipeline > 1 else ''} in flight ({self.why['pipeline']})",
                  f"compiled blocks: {self.compile} ({self.why['compile']})"]
         return "cogip evaluate: " + "; ".join(parts)
-
-
-def inductor_cache() -> Path:
-    """Where torch.compile keeps what it compiled (cog_test.sh sets TORCHINDUCTOR_CACHE_DIR)."""
-    given = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if given:
-        return Path(given)
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir   # noqa: PLC0415 (only for its path)
-    return Path(default_cache_dir())
 
 
 def cache_filled(path: Path) -> bool:
@@ -103,20 +94,18 @@ def choose(n_items: int, longest: tuple[int, int], family: str, config, dtype: t
     `family` model of `config` answering in `dtype`, whose `weights` (bytes) are still to load (0: loaded).
     Given values stay; `compile` "auto" and None for the others are chosen. `free_bytes`: the device's free
     memory (default: asked)."""
-    why = {}
     if not cuda:
-        choice = Choice(batch_size or PLAIN_BATCH, pipeline or 1, "none" if compile == "auto" else compile)
-        why = {"batch_size": "given" if batch_size else "on a CPU", "pipeline": "given" if pipeline else "on a CPU",
-               "compile": "given" if compile != "auto" else "on a CPU"}
-        choice.why = why
-        return choice
+        return Choice(batch_size or PLAIN_BATCH, pipeline or 1, "none" if compile == "auto" else compile,
+                      {"batch_size": "given" if batch_size else "on a CPU", "pipeline": "given" if pipeline else "on a CPU",
+                       "compile": "given" if compile != "auto" else "on a CPU"})
+    why = {}
     # compiled blocks first: they decide the batches in flight, which share the memory
     if compile != "auto":
         parts, why["compile"] = compile, "given"
     elif family not in COMPILE_FROM:
         parts, why["compile"] = "none", NOT_COMPILED.get(family, "not measured faster for this model")
     else:
-        cache = inductor_cache()
+        cache = Path(private.inductor_cache_dir())
         state = "filled" if cache_filled(cache) else "empty"
         enough = n_items >= COMPILE_FROM[family][state]
         parts = "all" if enough else "none"
@@ -127,10 +116,9 @@ def choose(n_items: int, longest: tuple[int, int], family: str, config, dtype: t
     if batch_size:
         why["batch_size"] = "given"
         return Choice(batch_size, depth, parts, why)
-    dtype_bytes = torch.empty((), dtype=dtype).element_size()
     if free_bytes is None:
         free_bytes = torch.cuda.mem_get_info()[0]
-    per_item = int(HEADROOM * item_bytes(config, *longest, dtype_bytes=dtype_bytes))
+    per_item = int(HEADROOM * item_bytes(config, *longest, dtype_bytes=dtype.itemsize))
     room = free_bytes - weights - RESERVE
     fits = max(1, room // (depth * per_item))
     batch = min(MAX_BATCH, fits if fits < 8 else fits // 8 * 8)

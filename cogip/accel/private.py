@@ -30,11 +30,7 @@ def compile_costs() -> dict:
         phases = {name: round(sum(t), 3) for name, t in compilation_time_metrics.items() if sum(t) >= 0.01}
     except (ImportError, AttributeError):
         phases = {}
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-        folder = cache_dir()
-    except (ImportError, AttributeError):
-        folder = None
+    folder = inductor_cache_dir()
     try:
         from torch._inductor import async_compile, config
         workers = {"compile_threads": config.compile_threads, "worker_pool_started": bool(async_compile._pool_set)}
@@ -42,6 +38,18 @@ def compile_costs() -> dict:
         workers = {}
     return {"frames": frames_traced(), "seconds": phases.get("_compile.compile_inner", 0.0), "cache_dir": folder,
             **workers, "phases": dict(sorted(phases.items(), key=lambda kv: -kv[1]))}
+
+
+def inductor_cache_dir() -> str:
+    """Inductor's cache folder ($TORCHINDUCTOR_CACHE_DIR, else torch's default under the temporary folder)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        return cache_dir()
+    except (ImportError, AttributeError):
+        import getpass
+        import tempfile
+        return os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                          f"torchinductor_{getpass.getuser()}")
 
 
 def specialize_floats() -> None:

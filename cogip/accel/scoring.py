@@ -407,8 +407,8 @@ class FastEngine:
         pin = cuda if o.pin_memory is None else o.pin_memory
         self.rank = accelerator.process_index if accelerator else 0
         self.world = accelerator.num_processes if accelerator else 1
-        self.share, longest = longest_first(share, items, image_root, scorer.prepare)
-        share = self.share
+        share, longest = longest_first(share, items, image_root, scorer.prepare)
+        self.share = share
         self.choice = choice = self._choose(scorer, loading, len(share), longest, batch_size, cuda)
         if self.rank == 0 and share:
             tqdm.write(choice.line(), file=sys.stderr)   # above the loop's progress bar
@@ -522,7 +522,7 @@ class FastEngine:
         if config is None:   # loading the weights will say why, in one line
             batch_size = batch_size or PLAIN_BATCH
         if cuda and not batch_size:
-            weights = weights_bytes(fam.model_cls(), config, torch.empty((), dtype=dtype).element_size()) if loading else 0
+            weights = weights_bytes(fam.model_cls(), config, dtype.itemsize) if loading else 0
             device = torch.device(scorer.device if loading else scorer.model.device)
             free = torch.cuda.mem_get_info(device if device.type == "cuda" else None)[0]
         return choose(n_items, longest, fam.name, config, dtype, weights, batch_size, o.pipeline, o.compile, cuda,
@@ -551,8 +551,7 @@ class FastEngine:
         ranks = [json.loads((out / f"timing.rank{r}.json").read_text()) for r in range(1, world)]
         self.timing = {"items": n_run, "seconds": round(seconds, 3), "processes": world,
                        "batch_size": self.batch_size, "mode": self.mode, "pipeline": self.depth,
-                       "chosen": {"batch_size": self.batch_size, "pipeline": self.depth,
-                                  "compile": self.choice.compile, "why": self.choice.why},
+                       "chosen": {"compile": self.choice.compile, "why": self.choice.why},
                        "images_per_s": round(n_run / seconds, 3) if n_run else None,
                        **{k: v for k, v in own.items() if k not in ("items", "seconds")},
                        "gc": self.gc_pauses.summary(),

@@ -144,13 +144,13 @@ class StepTimes(TrainerCallback):
     """Throughput for cogip_train.json: over the run (training's wall time, from its start to its end:
     first steps, logging and checkpoints included) and the median optimizer step (device synchronised)."""
 
+    warmup = 2   # steps before the median's
+
     def __init__(self):
         self.seconds: list[float] = []
         self._t = self._began = self._ended = None
         self._steps = 0
         self._static = None
-
-    warmup = 2   # steps before the median's
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._began, self._first_step = self._now(), state.global_step
