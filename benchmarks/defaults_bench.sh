@@ -8,7 +8,8 @@
 #                    evalN_eager: with --compile none (the loop uncompiled, whatever the run's length)
 #     sft            finetune_lora.sh, one GPU, batch 4, STEPS (10) steps, the family's image side (scaling.sh's)
 #   FAMILY=qwen|llama|gemma  WORK=/tmp/defaults  OUT: where the results go (results.jsonl, one line per run)
-#   EVAL_ARGS: more cog_test.sh arguments for every evaluation
+#   EVAL_ARGS: more cog_test.sh arguments for every evaluation; SFT_ARGS: more finetune_lora.sh arguments
+#   TAG: appended to each run's name (runs with other arguments beside the defaults)
 #   SMOKE=1: the tiny model on the CPU, small images, few items
 set -uo pipefail
 FAMILY=${FAMILY:-qwen}; W=${WORK:-/tmp/defaults}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
@@ -24,17 +25,20 @@ fi
 M=$W/model-$FAMILY
 [ -d "$M" ] || $PY benchmarks/real_model.py --family "$FAMILY" "${model_args[@]}" "$M" || exit 1
 [ -d "$W/bench" ] || $PY -m cogip data synth "$W/bench" --n $((n_train + n_test)) --n-train "$n_train" > /dev/null || exit 1
-$PY -m cogip data synth "$W/images" --from-bench "$W/bench" "${sizes[@]}" | tail -n 1
+images() {   # the test images, once for a WORK folder
+  [ -d "$W/images" ] || $PY -m cogip data synth "$W/images" --from-bench "$W/bench" "${sizes[@]}" | tail -n 1
+}
 record() { echo "$1" | $PY -c 'import json, sys; print(json.dumps(json.loads(sys.stdin.read())))' | tee -a "$OUT/results.jsonl"; }
 elapsed() { $PY -c 'import sys, time; print(round(time.time() - float(sys.argv[1]), 2))' "$1"; }
 
 pub() {
-  local line; line=$($PY benchmarks/published_eval.py --model-id "$M" --family "$FAMILY" --test-dir "$W/bench/test_msg_file" \
+  images; local line; line=$($PY benchmarks/published_eval.py --model-id "$M" --family "$FAMILY" --test-dir "$W/bench/test_msg_file" \
     --image-root "$W/images" --limit "$PUB_N" 2> "$OUT/pub_$FAMILY.log" | tail -n 1)
-  record "{\"run\": \"pub_$FAMILY\", \"result\": ${line:-null}}"
+  record "{\"run\": \"pub_$FAMILY${TAG:+_$TAG}\", \"result\": ${line:-null}}"
 }
 evaluate() {   # evaluate N cold|warm|eager
-  local run="eval$1_$2_$FAMILY" out="$W/eval$1_$2_$FAMILY" t0 rc wall sample=$(( $1 == 480 ? 120 : 0 ))
+  images
+  local run="eval$1_$2_$FAMILY${TAG:+_$TAG}" out="$W/eval$1_$2_$FAMILY${TAG:+_$TAG}" t0 rc wall sample=$(( $1 == 480 ? 120 : 0 ))
   [ "$SMOKE" = 1 ] && sample=$(( $1 == 480 ? 2 : 0 ))
   export TORCHINDUCTOR_CACHE_DIR=$W/inductor-$FAMILY
   [ "$2" = cold ] && rm -rf "$TORCHINDUCTOR_CACHE_DIR"
@@ -46,13 +50,13 @@ evaluate() {   # evaluate N cold|warm|eager
   record "{\"run\": \"$run\", \"rc\": $rc, \"process_s\": $wall, \"chosen\": \"$(grep -ao -m1 'cogip evaluate: batch.*' "$OUT/$run.log" | sed 's/"/\\"/g')\", \"timing\": $(cat "$out/timing.json" 2>/dev/null || echo null)}"
 }
 sft() {
-  local run="sft_$FAMILY" out="$W/sft_$FAMILY"
-  $PY -m cogip data synth "$W/images_sft" --from-bench "$W/bench" "${sft_side[@]}" | tail -n 1
+  local run="sft_$FAMILY${TAG:+_$TAG}" out="$W/sft_$FAMILY${TAG:+_$TAG}"
+  [ -d "$W/images_sft" ] || $PY -m cogip data synth "$W/images_sft" --from-bench "$W/bench" "${sft_side[@]}" | tail -n 1
   rm -rf "$out"
   env MODEL_ID="$M" DATA_PATH="$W/bench/cognition_training.json" IMAGE_ROOT="$W/images_sft" OUT="$out" NUM_GPUS=$gpus \
     LAUNCHER=$( ((gpus > 0)) && echo torchrun || echo python) GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 "${px[@]}" \
     bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no --report_to none \
-    --include_num_input_tokens_seen True > "$OUT/$run.log" 2>&1
+    --include_num_input_tokens_seen True ${SFT_ARGS:-} > "$OUT/$run.log" 2>&1
   local rc=$?
   record "{\"run\": \"$run\", \"rc\": $rc, \"mfu\": $($PY benchmarks/mfu.py "$out" "$M" 2>> "$OUT/$run.log" || echo null), \"train\": $(cat "$out/cogip_train.json" 2>/dev/null || echo null)}"
 }
