@@ -111,6 +111,63 @@ def test_resume_reaches_the_same_weights(tiny_models, synth_bench, tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+class OutOfMemoryAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 184.00 MiB.")
+
+
+def test_out_of_memory_is_one_line_and_the_checkpoints_stay(tiny_models, synth_bench, tmp_path):
+    out = tmp_path / "oom"
+    with pytest.raises(CogipError, match=r"out of GPU memory in step 4 at 4 samples a device, recomputing vision: "
+                                         r"give --checkpoint_parts all .* --resume_from_checkpoint last") as e:
+        run(_args(tiny_models["qwen"], synth_bench, out, "--activation_checkpointing", "True",
+                  "--checkpoint_parts", "vision"), callbacks=[OutOfMemoryAt(3)])
+    assert e.value.file == str(out) and "\n" not in str(e.value)
+    assert (out / "checkpoint-3").is_dir() and not (out / "adapter_model.safetensors").exists()
+    run(_args(tiny_models["qwen"], synth_bench, out, "--resume_from_checkpoint", "last"))
+    assert json.loads((out / "cogip_train.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("card_gib", [47.5, 79.2])
+def test_recompute_everything_on_a_card_too_small_for_the_recipe(family, card_gib, monkeypatch, tmp_path):
+    """The family's GPU recipe recomputes what was measured fastest on an 80 GB card; a card with less memory
+    than that needed recomputes every block (the least memory), and the start line says why."""
+    from types import SimpleNamespace
+    from transformers import HfArgumentParser, TrainingArguments
+    from cogip.accel.training import AccelArguments, TrainingAccel
+    from cogip.train.sft import DataArguments, LossArguments, ModelArguments, read_recipes
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments, TrainingArguments))
+    argv = read_recipes(parser, ["--recipe", str(ROOT / "sft/gpu.yaml"), str(ROOT / f"sft/{family}/gpu.yaml"),
+                                 "--output_dir", str(tmp_path), "--use_cpu", "True"])
+    accel, targs = parser.parse_args_into_dataclasses(argv)[3:]
+    measured = accel.checkpoint_parts
+    assert 50 < accel.checkpoint_parts_needs_gib < 79.2   # fits an 80 GB card, not a 48 GB one
+    card = SimpleNamespace(activation_checkpointing=True, device=torch.device("cuda", 0), fsdp=None,
+                           deepspeed=None, use_liger_kernel=False)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=card_gib * 2 ** 30))
+    speed = TrainingAccel(accel, FAMILIES[family], card)
+    small = card_gib < accel.checkpoint_parts_needs_gib
+    assert accel.checkpoint_parts == ("all" if small else measured)
+    line = speed.line()
+    if small:
+        assert (f"recompute all ({measured} needs ~{accel.checkpoint_parts_needs_gib:g} GiB, this card has "
+                f"{card_gib}; --checkpoint_parts_needs_gib 0 keeps {measured})") in line
+        assert speed.graphed == set()   # Llama's graphed language blocks would be recomputed: they step aside
+    else:
+        assert f"recompute {measured};" in line
+        assert speed.graphed == ({"language"} if family == "llama" else set())
+    # on the CPU, and with the check off, the recipe's parts stay
+    accel.checkpoint_parts = measured
+    assert TrainingAccel(accel, FAMILIES[family], targs).o.checkpoint_parts == measured
+    accel.checkpoint_parts_needs_gib = 0
+    assert TrainingAccel(accel, FAMILIES[family], card).o.checkpoint_parts == measured
+
+
 def test_full_finetune_and_param_group_lrs(tiny_models, synth_bench, tmp_path):
     trainer = run(_args(tiny_models["gemma"], synth_bench, tmp_path / "full", "--tune_mode", "full",
                         "--vision_lr", "1e-4", "--merger_lr", "3e-4", "--max_steps", "2", "--warmup_steps", "0",
@@ -209,7 +266,7 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env):
         assert args[:6] == ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29610"]
     # the published recipe, then the GPU settings, shared and the family's where it has them
     recipes = args[args.index("--recipe") + 1:args.index("--data_path")]
-    expected = ["recipe.yaml", f"{family}/recipe.yaml", "gpu.yaml"] + ([f"{family}/gpu.yaml"] if family != "qwen" else [])
+    expected = ["recipe.yaml", f"{family}/recipe.yaml", "gpu.yaml", f"{family}/gpu.yaml"]
     assert recipes == [str(ROOT / "sft" / r) for r in expected]
     # ZeRO-2 on several GPUs; on one, Llama's and Gemma's measured default is no DeepSpeed, Qwen's ZeRO-2
     deepspeed = args[args.index("--deepspeed") + 1] if "--deepspeed" in args else None
@@ -234,6 +291,11 @@ def test_recipes_hold_each_published_value_once(tmp_path):
         assert (m.lora_r, m.lora_alpha, m.vision_lr, m.merger_lr, t.weight_decay, t.lr_scheduler_type) == (
             64, 64, 2e-6, 1e-5, 0.1, "cosine")
         assert t.bf16 and t.activation_checkpointing and accel.accel == "on"
+        # each family's measured recompute on one 80 GB card (docs/performance.md)
+        gpu = parse()
+        _, _, _, accel, _ = gpu.parse_args_into_dataclasses(read_recipes(gpu, [
+            "--recipe", str(ROOT / "sft/gpu.yaml"), str(ROOT / f"sft/{family}/gpu.yaml"), "--output_dir", str(tmp_path), "--use_cpu", "True"]))
+        assert accel.checkpoint_parts == {"qwen": "vision", "llama": "vision", "gemma": "none"}[family]
     texts = {p: p.read_text() for p in (ROOT / "sft").rglob("*.yaml")}
     for key in ("soft_lambda", "vision_lr:", "lora_r", "min_pixels"):   # defaults of the options, not recipe lines
         assert [str(p) for p, t in texts.items() if key in t and "grpo" not in p.name] == [], key

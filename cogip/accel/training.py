@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -38,6 +39,9 @@ class AccelArguments:
     checkpoint_parts: str = field(default="all", metadata={
         "help": "with --activation_checkpointing: all | none | language | vision; part=N recomputes only that "
                 "part's first N blocks (vision=24), part=N+M then only the MLP of the next M (vision=9+31)"})
+    checkpoint_parts_needs_gib: float = field(default=0.0, metadata={
+        "help": "the GPU memory (GiB) --checkpoint_parts was measured to need at 4 samples a device; a card with "
+                "less recomputes every block instead, and says so (0: no check)"})
     checkpoint_keep: str = field(default="none", metadata={
         "help": "none | attention: checkpointed blocks keep their attention outputs instead of recomputing them"})
     graph_parts: str = field(default="none", metadata={
@@ -70,10 +74,28 @@ class TrainingAccel:
     def __init__(self, options: AccelArguments, family, targs):
         self.o, self.family, self.targs = options, family, targs
         self.on = options.accel == "on"
+        self.recompute_why = self._fit_checkpointing() if self.on else None
         self.graphed = self._graph_parts() if self.on else set()
         if self.on:
             allow_sdpa_backends(options.sdpa_backends)
         self.pad_multiple = GRAPH_PAD_MULTIPLE if self.graphed else None
+
+    def _fit_checkpointing(self) -> str | None:
+        """Every block recomputed where the card has less memory than the recipe's parts were measured to need;
+        returns why, for the speed line."""
+        o, targs = self.o, self.targs
+        if not (o.checkpoint_parts_needs_gib and targs.activation_checkpointing and o.checkpoint_parts != "all"):
+            return None
+        device = targs.device
+        if device.type != "cuda":
+            return None
+        card = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+        if card >= o.checkpoint_parts_needs_gib:
+            return None
+        why = (f"{o.checkpoint_parts} needs ~{o.checkpoint_parts_needs_gib:g} GiB, this card has {card:.1f}; "
+               f"--checkpoint_parts_needs_gib 0 keeps {o.checkpoint_parts}")
+        o.checkpoint_parts = "all"
+        return why
 
     def _graph_parts(self) -> set[str]:
         """--graph_parts, unless they cannot run here: an error, or with --graph_parts_fallback a printed line.
@@ -126,6 +148,8 @@ class TrainingAccel:
         ds = targs.deepspeed
         sharding = (f"DeepSpeed {Path(ds).stem}" if isinstance(ds, str) else "DeepSpeed" if ds else
                     "FSDP2" if targs.fsdp else "no DeepSpeed or FSDP")
+        if self.recompute_why:
+            recompute += f" ({self.recompute_why})"
         return (f"cogip sft: speed: recompute {recompute}; CUDA graphs {o.graph_parts if self.graphed else 'none'}; "
                 f"{'Liger' if targs.use_liger_kernel else 'transformers'} kernels; {sharding}; "
                 f"SDPA {o.sdpa_backends} (the recipe files and options; --accel off: none of these)")

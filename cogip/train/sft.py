@@ -333,7 +333,17 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
     kernels = "liger" if targs.use_liger_kernel else "transformers"   # build_trainer consumes the flag
     timer = StepTimes()
     trainer = build_trainer(margs, dargs, largs, targs, aargs, [timer, *(callbacks or [])])
-    trainer.train(resume_from_checkpoint=resume)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError:
+        parts = aargs.checkpoint_parts if targs.activation_checkpointing else "nothing"
+        least = "" if parts == "all" else (
+            "--checkpoint_parts all" if targs.activation_checkpointing else
+            "--activation_checkpointing True --checkpoint_parts all") + " (the least memory) or "
+        raise CogipError(f"out of GPU memory in step {trainer.state.global_step + 1} at "
+                         f"{targs.per_device_train_batch_size} samples a device, recomputing {parts}: give {least}"
+                         f"a smaller --per_device_train_batch_size; --resume_from_checkpoint last goes on from the "
+                         f"newest checkpoint", file=targs.output_dir) from None
     args = trainer.args
     loss = run_loss(trainer.state.log_history)
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
