@@ -11,7 +11,9 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
+
+# scipy.stats is imported where it is used: importing it takes ~0.5 s, which every cog_test.sh would otherwise
+# pay before its loop starts
 
 from .dims import Dimension, get_dimension
 
@@ -23,6 +25,7 @@ def _nan_to_none(x: float) -> float | None:
 def _spearman_rows(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     """Spearman ρ of every resample at once (Pearson of average ranks, as `stats.spearmanr`): the
     bootstrap's 1000 resamples in a few array operations instead of 1000 calls."""
+    from scipy import stats
     ra, rb = stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis)
     ra = ra - ra.mean(axis=axis, keepdims=True)
     rb = rb - rb.mean(axis=axis, keepdims=True)
@@ -35,6 +38,7 @@ def spearman_ci(pred: np.ndarray, ref: np.ndarray, n_resamples: int = 1000, seed
     """Percentile bootstrap CI of Spearman ρ, resampling (pred, ref) pairs together."""
     if len(pred) < 3:
         return None, None
+    from scipy import stats
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = stats.bootstrap((pred, ref), _spearman_rows, paired=True,
@@ -47,6 +51,7 @@ def compute_metrics(predictions: Sequence[float | None], references: Sequence[fl
                     dimension: str | Dimension, pred_labels: Sequence[str | None] | None = None,
                     n_resamples: int = 1000, seed: int = 0) -> dict:
     """Metrics for one dimension. A `None` prediction is a parse failure."""
+    from scipy import stats
     dim = dimension if isinstance(dimension, Dimension) else get_dimension(dimension)
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
