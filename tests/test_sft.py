@@ -111,6 +111,21 @@ def test_resume_reaches_the_same_weights(tiny_models, synth_bench, tmp_path):
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
 
 
+def _parser():
+    from transformers import HfArgumentParser, TrainingArguments
+    from cogip.accel.training import AccelArguments
+    from cogip.train.sft import DataArguments, LossArguments, ModelArguments
+    return HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments, TrainingArguments))
+
+
+def _recipes(tmp_path, *files):
+    """(model, data, loss, accel, training) options as the launchers read these sft/ recipe files, on the CPU."""
+    from cogip.train.sft import read_recipes
+    parser = _parser()
+    return parser.parse_args_into_dataclasses(read_recipes(parser, [
+        "--recipe", *(str(ROOT / "sft" / f) for f in files), "--output_dir", str(tmp_path), "--use_cpu", "True"]))
+
+
 class OutOfMemoryAt(TrainerCallback):
     def __init__(self, step):
         self.step = step
@@ -138,13 +153,8 @@ def test_recompute_everything_on_a_card_too_small_for_the_recipe(family, card_gi
     """The family's GPU recipe recomputes what was measured fastest on an 80 GB card; a card with less memory
     than that needed recomputes every block (the least memory), and the start line says why."""
     from types import SimpleNamespace
-    from transformers import HfArgumentParser, TrainingArguments
-    from cogip.accel.training import AccelArguments, TrainingAccel
-    from cogip.train.sft import DataArguments, LossArguments, ModelArguments, read_recipes
-    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments, TrainingArguments))
-    argv = read_recipes(parser, ["--recipe", str(ROOT / "sft/gpu.yaml"), str(ROOT / f"sft/{family}/gpu.yaml"),
-                                 "--output_dir", str(tmp_path), "--use_cpu", "True"])
-    accel, targs = parser.parse_args_into_dataclasses(argv)[3:]
+    from cogip.accel.training import TrainingAccel
+    accel, targs = _recipes(tmp_path, "gpu.yaml", f"{family}/gpu.yaml")[3:]
     measured = accel.checkpoint_parts
     assert 50 < accel.checkpoint_parts_needs_gib < 79.2   # fits an 80 GB card, not a 48 GB one
     card = SimpleNamespace(activation_checkpointing=True, device=torch.device("cuda", 0), fsdp=None,
@@ -277,24 +287,15 @@ def test_gpu_launcher_defaults(tmp_path, family, gpus, env):
 def test_recipes_hold_each_published_value_once(tmp_path):
     """The recipe files read as the launchers read them: the published values, each from one place (the option
     defaults, or the one recipe file that holds it), and a key that is no option is one line naming the file."""
-    from transformers import HfArgumentParser, TrainingArguments
-    from cogip.accel.training import AccelArguments
-    from cogip.train.sft import DataArguments, LossArguments, ModelArguments, read_recipes
-    parse = lambda *files: HfArgumentParser((ModelArguments, DataArguments, LossArguments, AccelArguments,
-                                             TrainingArguments))
+    from cogip.train.sft import read_recipes
     for family, lr, beta2, eta in (("qwen", 3e-5, 0.999, 0.15), ("llama", 9e-5, 0.95, 0.08), ("gemma", 1e-5, 0.95, 0.15)):
-        parser = parse()
-        argv = read_recipes(parser, ["--recipe", str(ROOT / "sft/recipe.yaml"), str(ROOT / f"sft/{family}/recipe.yaml"),
-                                     str(ROOT / "sft/gpu.yaml"), "--output_dir", str(tmp_path), "--use_cpu", "True"])
-        m, _, loss, accel, t = parser.parse_args_into_dataclasses(argv)
+        m, _, loss, accel, t = _recipes(tmp_path, "recipe.yaml", f"{family}/recipe.yaml", "gpu.yaml")
         assert (m.family, t.learning_rate, t.adam_beta2, loss.soft_eta, loss.soft_lambda) == (family, lr, beta2, eta, 2.0)
         assert (m.lora_r, m.lora_alpha, m.vision_lr, m.merger_lr, t.weight_decay, t.lr_scheduler_type) == (
             64, 64, 2e-6, 1e-5, 0.1, "cosine")
         assert t.bf16 and t.activation_checkpointing and accel.accel == "on"
         # each family's measured recompute on one 80 GB card (docs/performance.md)
-        gpu = parse()
-        _, _, _, accel, _ = gpu.parse_args_into_dataclasses(read_recipes(gpu, [
-            "--recipe", str(ROOT / "sft/gpu.yaml"), str(ROOT / f"sft/{family}/gpu.yaml"), "--output_dir", str(tmp_path), "--use_cpu", "True"]))
+        accel = _recipes(tmp_path, "gpu.yaml", f"{family}/gpu.yaml")[3]
         assert accel.checkpoint_parts == {"qwen": "vision", "llama": "vision", "gemma": "none"}[family]
     texts = {p: p.read_text() for p in (ROOT / "sft").rglob("*.yaml")}
     for key in ("soft_lambda", "vision_lr:", "lora_r", "min_pixels"):   # defaults of the options, not recipe lines
@@ -302,7 +303,7 @@ def test_recipes_hold_each_published_value_once(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 1e-5\n")
     with pytest.raises(CogipError, match="bad.yaml: 'learning_rat' is not an option of cogip train"):
-        read_recipes(parse(), ["--recipe", str(bad)])
+        read_recipes(_parser(), ["--recipe", str(bad)])
 
 
 class ModelProbe(TrainerCallback):

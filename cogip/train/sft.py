@@ -337,13 +337,13 @@ def run(argv: list[str] | None = None, callbacks=None) -> CogipTrainer:
         trainer.train(resume_from_checkpoint=resume)
     except torch.OutOfMemoryError:
         parts = aargs.checkpoint_parts if targs.activation_checkpointing else "nothing"
-        least = "" if parts == "all" else (
-            "--checkpoint_parts all" if targs.activation_checkpointing else
-            "--activation_checkpointing True --checkpoint_parts all") + " (the least memory) or "
+        give = "a smaller --per_device_train_batch_size"
+        if parts != "all":
+            switch = "" if targs.activation_checkpointing else "--activation_checkpointing True "
+            give = f"{switch}--checkpoint_parts all (the least memory) or {give}"
         raise CogipError(f"out of GPU memory in step {trainer.state.global_step + 1} at "
-                         f"{targs.per_device_train_batch_size} samples a device, recomputing {parts}: give {least}"
-                         f"a smaller --per_device_train_batch_size; --resume_from_checkpoint last goes on from the "
-                         f"newest checkpoint", file=targs.output_dir) from None
+                         f"{targs.per_device_train_batch_size} samples a device, recomputing {parts}: give {give}; "
+                         f"--resume_from_checkpoint last goes on from the newest checkpoint", file=targs.output_dir) from None
     args = trainer.args
     loss = run_loss(trainer.state.log_history)
     speed = timer.summary(args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size)
