@@ -10,11 +10,15 @@
 #   FAMILY=qwen|llama|gemma  WORK=/tmp/defaults  OUT: where the results go (results.jsonl, one line per run)
 #   EVAL_ARGS: more cog_test.sh arguments for every evaluation; SFT_ARGS: more finetune_lora.sh arguments
 #   TAG: appended to each run's name (runs with other arguments beside the defaults)
+#   TREE: the source tree whose launchers run (default: this one; before_after.sh gives another)
 #   SMOKE=1: the tiny model on the CPU, small images, few items
 set -uo pipefail
 FAMILY=${FAMILY:-qwen}; W=${WORK:-/tmp/defaults}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
-PY=${PYTHON:-python3}; export PYTHON=$PY PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-mkdir -p "$W" "$OUT"
+PY=${PYTHON:-python3}; [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
+export PYTHON=$PY PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+TREE=$(cd "${TREE:-$PWD}" && pwd) || exit 1
+in_tree() { (cd "$TREE" && PYTHONPATH=$TREE "$@"); }   # the tree's launchers with the tree's own cogip
+mkdir -p "$W" "$OUT" && W=$(cd "$W" && pwd) && OUT=$(cd "$OUT" && pwd) || exit 1   # absolute: runs start in TREE
 if [ "$SMOKE" = 1 ]; then
   n_test=3; n_train=4; sizes=(--size-range 56 84); model_args=(--tiny); px=(MIN_PIXELS=3136 MAX_PIXELS=12544); gpus=0
   sft_side=(--size 84); PUB_N=${PUB_N:-4}; STEPS=3
@@ -44,7 +48,7 @@ evaluate() {   # evaluate N cold|warm|eager
   [ "$2" = cold ] && rm -rf "$TORCHINDUCTOR_CACHE_DIR"
   local extra=(); [ "$2" = eager ] && extra=(--compile none)
   rm -rf "$out"; t0=$(date +%s.%N)
-  env MODEL_ID="$M" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" OUT="$out" SAMPLE_N=$sample NUM_GPUS=$gpus \
+  in_tree env MODEL_ID="$M" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" OUT="$out" SAMPLE_N=$sample NUM_GPUS=$gpus \
     "${px[@]}" bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 "${extra[@]}" ${EVAL_ARGS:-} > "$OUT/$run.log" 2>&1
   rc=$?; wall=$(elapsed "$t0")
   record "{\"run\": \"$run\", \"rc\": $rc, \"process_s\": $wall, \"chosen\": \"$(grep -ao -m1 'cogip evaluate: batch.*' "$OUT/$run.log" | sed 's/"/\\"/g')\", \"timing\": $(cat "$out/timing.json" 2>/dev/null || echo null)}"
@@ -53,7 +57,9 @@ sft() {
   local run="sft_$FAMILY${TAG:+_$TAG}" out="$W/sft_$FAMILY${TAG:+_$TAG}"
   [ -d "$W/images_sft" ] || $PY -m cogip data synth "$W/images_sft" --from-bench "$W/bench" "${sft_side[@]}" | tail -n 1
   rm -rf "$out"
-  env MODEL_ID="$M" DATA_PATH="$W/bench/cognition_training.json" IMAGE_ROOT="$W/images_sft" OUT="$out" NUM_GPUS=$gpus \
+  # IMAGE_FOLDER and OUTPUT_DIR: the names an older tree's launcher reads
+  in_tree env MODEL_ID="$M" DATA_PATH="$W/bench/cognition_training.json" IMAGE_ROOT="$W/images_sft" IMAGE_FOLDER="$W/images_sft" \
+    OUT="$out" OUTPUT_DIR="$out" NUM_GPUS=$gpus \
     LAUNCHER=$( ((gpus > 0)) && echo torchrun || echo python) GLOBAL_BATCH=4 PER_DEVICE_BATCH=4 "${px[@]}" \
     bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no --report_to none \
     --include_num_input_tokens_seen True ${SFT_ARGS:-} > "$OUT/$run.log" 2>&1

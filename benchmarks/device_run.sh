@@ -1,61 +1,73 @@
 #!/usr/bin/env bash
-# Every GPU check in one device call (sections log to $OUT; one failing does not stop the rest).
-# Wheels in .whl/ (bash benchmarks/fetch_wheels.sh) are installed first: DeepSpeed, Liger, a transformers
-# at or above the floor where the machine's own is older.
-#   SECTIONS="loss eval multigpu" bash benchmarks/device_run.sh
-#   LANES="0=gemma 1=llama,evalvar 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
-#   LANES="0=gemma 1=scaling_prep" AFTER=scaling ...                           # then sections on all GPUs
-#   LANES="0=scaling:qwen 1=scaling:gemma" RUNS_qwen=... RUNS_gemma=...        # scaling.sh of a family per lane
+# Benchmark sections in one call on a GPU machine (each logs to $RES; one failing does not stop the rest), then
+# their logs and JSON packed into $OUT/results.tgz. Wheels in .whl/ (bash benchmarks/fetch_wheels.sh) are
+# installed first: DeepSpeed, Liger, a transformers at or above the floor where the machine's own is older.
+#   SECTIONS="loss eval train" (default) bash benchmarks/device_run.sh
+#   SECTIONS=defaults FAMILY=qwen RUNS=sft TAG=prof SFT_ARGS="--profile_step 6" bash benchmarks/device_run.sh
+#   LANES="0=gemma 1=llama 2,3=scaling" bash benchmarks/device_run.sh   # sections in parallel, one lane per GPU set
+#   SMOKE=1: every section at its CPU size (the tests run it so)
+# Sections:
+#   loss          loss_bench.py: the soft-label loss against the published algorithm
+#   eval          eval_bench.py on EVAL_N (480) items: the benchmark loop against a one-image loop
+#   evalvar       eval_bench.py, batch 32, the EVAL_VARIANTS (base compile compileall+pipe2)
+#   train         train_bench.py for each of FAMILIES (qwen), the VARIANTS (published ours-loss ours)
+#   gemma, llama  train_bench.py of that family with its variants (GEMMA_VARIANTS, LLAMA_VARIANTS) and a profile
+#   defaults      defaults_bench.sh (FAMILY, RUNS, TAG, SFT_ARGS, EVAL_ARGS as it reads them), its run folders'
+#                 timing, training and profile files kept
+#   before_after  before_after.sh (BEFORE, RUNS, REPEATS as it reads them)
+#   scaling       scaling.sh on the lane's GPUs (scaling:gemma: that family); scaling_prep: its model and images only
 set -u
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RES=${RES:-/tmp/res}; mkdir -p "$RES"   # everything is written here; $OUT gets results.tgz of its logs and JSON
-export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+SMOKE=${SMOKE:-0}; smoke=(); [ "$SMOKE" = 1 ] && smoke=(--cpu-smoke)
+export SMOKE PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+PY=${PYTHON:-python3}
 # Bytecode kept between processes, as a user's install has it (pip writes it): without it every process compiled
 # ~2,650 modules' source again, ~11 s of a cog_test.sh call's start (docs/performance.md)
 echo "bytecode: PYTHONDONTWRITEBYTECODE=${PYTHONDONTWRITEBYTECODE:-} PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-}"
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-/tmp/pycache}
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+if [ -d .whl ] && [ "$SMOKE" != 1 ]; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     > "$OUT/pip.log" 2>&1 || { echo "wheel install failed"; tail "$OUT/pip.log"; }
   export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 else
-  export PYTHONPATH=$PWD
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-nvidia-smi -L; python3 -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
+nvidia-smi -L 2>/dev/null || echo "no GPU (nvidia-smi)"
+$PY -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 section() { echo "=== $1"; local t=$SECONDS name=$1; shift; "$@" > "$RES/$name.log" 2>&1; echo "rc=$? ($((SECONDS - t)) s)"; tail -n 25 "$RES/$name.log"; }
 
-loss() { python3 benchmarks/loss_bench.py --out "$RES/loss_bench.json"; }
-eval_() { python3 benchmarks/eval_bench.py --out /tmp/evalbench --n "${EVAL_N:-480}" && cp /tmp/evalbench/eval_bench.json "$RES/"; }
-multigpu() { bash benchmarks/multigpu_check.sh; }
-graphs() {   # one GPU: CUDA-graphed language blocks through the SFT launcher (REAL=1: at real size)
-  local rc=0; WORK=/tmp/gc bash benchmarks/graph_check.sh || rc=$?
-  for f in /tmp/gc/*.log; do cp "$f" "$RES/graphs_$(basename "$f")"; done; return $rc
+loss() { $PY benchmarks/loss_bench.py "${smoke[@]}" --out "$RES/loss_bench.json"; }
+eval_() { $PY benchmarks/eval_bench.py "${smoke[@]}" --out "$RES/eval" --n "${EVAL_N:-480}"; }
+evalvar() { $PY benchmarks/eval_bench.py "${smoke[@]}" --out "$RES/evalvar" --n "${EVAL_N:-480}" --batch-sizes 32 \
+              --variants ${EVAL_VARIANTS:-base compile compileall+pipe2} ${EVALVAR_ARGS:-}; }
+train() { local f rc=0; for f in ${FAMILIES:-qwen}; do
+            $PY benchmarks/train_bench.py "${smoke[@]}" --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out "$RES/train" || rc=1
+          done; return $rc; }
+gemma() { $PY benchmarks/train_bench.py "${smoke[@]}" --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
+llama() { $PY benchmarks/train_bench.py "${smoke[@]}" --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours} ${LLAMA_ARGS:-}; }
+defaults() {   # the run folders' small files beside results.jsonl; the model and images stay in WORK
+  local w=${WORK:-/tmp/defaults} rc=0
+  WORK=$w OUT=$RES/defaults bash benchmarks/defaults_bench.sh || rc=1
+  (cd "$w" && find . -maxdepth 2 \( -name timing.json -o -name cogip_train.json -o -name 'profile*.txt' -o -name 'timeline*.json' \) \
+     | grep -v -e '^./model' -e '^./bench' | tar cf - -T - 2>/dev/null) | (mkdir -p "$RES/defaults/runs" && cd "$RES/defaults/runs" && tar xf -)
+  return $rc
 }
-probe() { python3 benchmarks/first_batch_probe.py --runs ${PROBE_RUNS:-default expandable default expandable} --out "$RES/first_batch_probe.json"; }
-breakdown() { python3 benchmarks/eval_breakdown.py ${BREAKDOWN_ARGS:-}; }   # e.g. BREAKDOWN_ARGS="--compile all --stream 6"
-sdpa() { python3 benchmarks/sdpa_host.py --out "$RES"; }
-shapes() { python3 benchmarks/compiled_shapes.py --out "$RES/shapes" ${SHAPES_ARGS:-}; }   # compiled parts on images of varied sizes
-numerics() { python3 benchmarks/graph_numerics.py --out "$RES/numerics" ${NUMERICS_ARGS:-}; }   # graphed vs eager training, fp32 and bf16
-gemma() { python3 benchmarks/train_bench.py --family gemma --out "$RES/gemma" --variants ${GEMMA_VARIANTS:-ours ours:ckpt=none ours:liger:ckpt=none} --profile ${GEMMA_PROFILE:-ours}; }
-llama() { python3 benchmarks/train_bench.py --family llama --out "$RES/llama" --variants ${LLAMA_VARIANTS:-ours-loss ours ours:ckpt=vision} --profile ${LLAMA_PROFILE:-ours} ${LLAMA_ARGS:-}; }   # e.g. LLAMA_ARGS="--diagnose ours"
-evalvar() { python3 benchmarks/eval_bench.py --out /tmp/evalvar --n "${EVAL_N:-480}" --batch-sizes 32 --variants ${EVAL_VARIANTS:-base compile compileall+pipe2} ${EVALVAR_ARGS:-}; cp /tmp/evalvar/eval_bench.json "$RES/eval_variants.json"; }
+before_after_() { OUT=$RES/before_after bash benchmarks/before_after.sh; }
 scaling_prep() { OUT=$RES/scaling_prep RUNS=none bash benchmarks/scaling.sh; }   # model + images only, while other lanes run
 scaling() {
   local n; n=$( [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && echo "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | wc -l || nvidia-smi -L | wc -l)
   local fam=${FAMILY:-qwen} runs="RUNS_${FAMILY:-qwen}"   # RUNS_<family>, when set, instead of RUNS
   OUT=$RES/scaling$([ "$fam" = qwen ] || echo "_$fam") FAMILY=$fam NUM_GPUS=$n RUNS=${!runs-${RUNS:-}} bash benchmarks/scaling.sh
 }
-train() { for f in ${FAMILIES:-qwen}; do python3 benchmarks/train_bench.py --family "$f" --variants ${VARIANTS:-published ours-loss ours} --out /tmp/trainbench; done; cp /tmp/trainbench/train_bench_*.json "$RES/"; }
 
 run_section() {
   case $1 in
-    loss) section loss loss ;;
     eval) section eval eval_ ;;
-    multigpu) section multigpu multigpu ;;
-    train) section train train ;;
-    breakdown) section breakdown breakdown ;;
-    gemma|llama|evalvar|scaling|scaling_prep|sdpa|graphs|numerics|probe|shapes) section "$1" "$1" ;;
+    before_after) section before_after before_after_ ;;
+    loss|train|defaults|gemma|llama|evalvar|scaling|scaling_prep) section "$1" "$1" ;;
     scaling:*) FAMILY=${1#scaling:} section "scaling_${1#scaling:}" scaling ;;   # e.g. LANES="0=scaling:qwen 1=scaling:gemma"
+    *) echo "=== $1: no such section (see the head of benchmarks/device_run.sh)" ;;
   esac
 }
 rm -f "$RES/.sections_done"
@@ -79,8 +91,8 @@ if [ -n "${LANES:-}" ]; then
   cat "$RES"/lane_*.log
   for s in ${AFTER:-}; do run_section "$s"; done   # e.g. multi-GPU runs once the lanes are done
 else
-  for s in ${SECTIONS:-loss eval multigpu}; do run_section "$s"; done
+  for s in ${SECTIONS:-loss eval train}; do run_section "$s"; done
 fi
 touch "$RES/.sections_done"; kill "$watchdog" 2>/dev/null; pkill -P "$watchdog" sleep 2>/dev/null
-(cd "$RES" && find . -name "*.log" -o -name "*.json" -o -name "*.txt" | grep -v -e tiny_ -e /bench/ -e /model/ \
+(cd "$RES" && find . \( -name "*.log" -o -name "*.json" -o -name "*.jsonl" -o -name "*.txt" \) | grep -v -e tiny_ -e /bench/ -e /model/ \
   | tar czf "$OUT/results.tgz" -T -)

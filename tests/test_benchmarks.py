@@ -144,3 +144,41 @@ def test_loop_rate_recovers_a_known_rate_and_the_start_and_end(tmp_path):
     f = tmp_path / "scaling.json"   # several runs in one file, as benchmarks/scaling.sh writes them
     f.write_text(json.dumps({"run_a": {"answered": answered, "padded_tokens": tokens}, "old": {"answered": answered}}))
     assert main([str(f)]) == 0
+
+
+def test_device_run_smoke(tmp_path):
+    """benchmarks/device_run.sh with SMOKE=1: each section runs its script at CPU size and its results come back
+    in results.tgz; before_after.sh alternates the trees' order with each repeat."""
+    import os
+    import tarfile
+    env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"), RES=str(tmp_path / "res"),
+               WORK=str(tmp_path / "work"), DEADLINE="3000", SECTIONS="loss defaults before_after nosuch",
+               RUNS="eval480_cold", REPEATS="2", BEFORE=str(ROOT))
+    run = subprocess.run(["bash", ROOT / "benchmarks" / "device_run.sh"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    sections = [line.split()[1] for line in run.stdout.splitlines() if line.startswith("=== ")]
+    assert sections == ["loss", "defaults", "before_after", "nosuch:"]
+    assert run.stdout.count("rc=0 (") == 3 and "nosuch: no such section" in run.stdout
+    with tarfile.open(tmp_path / "out" / "results.tgz") as tar:
+        names = set(tar.getnames())
+        rows = {name: [json.loads(line) for line in tar.extractfile(f"./{name}/results.jsonl").read().splitlines()]
+                for name in ("defaults", "before_after")}
+    assert {"./loss_bench.json", "./defaults/runs/eval480_cold_qwen/timing.json"} <= names
+    assert [r["run"] for r in rows["defaults"]] == ["eval480_cold_qwen"]
+    runs = [r["run"] for r in rows["before_after"]]
+    assert runs == ["eval480_cold_qwen_before1", "eval480_cold_qwen_after1",
+                    "eval480_cold_qwen_after2", "eval480_cold_qwen_before2"]
+    assert all(r["rc"] == 0 and r["timing"]["items"] == 8 for r in rows["before_after"])
+
+
+def test_the_benchmark_files_the_scripts_and_docs_name_exist():
+    """A script or doc that names benchmarks/<file> names one that is there (a removed script left behind in a
+    section or a table would fail only on the GPU machine)."""
+    import re
+    texts = [*ROOT.glob("benchmarks/*.sh"), *ROOT.glob("benchmarks/*.py"), *ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    named = {(path.relative_to(ROOT).as_posix(), m) for path in texts
+             for m in re.findall(r"benchmarks/([\w.-]+\.(?:sh|py))", path.read_text())}
+    assert len({m for _, m in named}) >= 8   # the pattern finds them
+    missing = sorted(f"{where}: benchmarks/{m}" for where, m in named if not (ROOT / "benchmarks" / m).is_file())
+    assert missing == []
