@@ -21,9 +21,10 @@ in_tree() { (cd "$TREE" && PYTHONPATH=$TREE "$@"); }   # the tree's launchers wi
 mkdir -p "$W" "$OUT" && W=$(cd "$W" && pwd) && OUT=$(cd "$OUT" && pwd) || exit 1   # absolute: runs start in TREE
 if [ "$SMOKE" = 1 ]; then
   n_test=3; n_train=4; sizes=(--size-range 56 84); model_args=(--tiny); px=(MIN_PIXELS=3136 MAX_PIXELS=12544); gpus=0
+  mfu_px=(--min-pixels 3136 --max-pixels 12544)
   sft_side=(--size 84); PUB_N=${PUB_N:-4}; STEPS=3
 else
-  n_test=430; n_train=48; sizes=(--size-range 640 1152); model_args=(); px=(); gpus=1
+  n_test=430; n_train=48; sizes=(--size-range 640 1152); model_args=(); px=(); gpus=1; mfu_px=()
   sft_side=(--size "$([ "$FAMILY" = qwen ] && echo 1008 || echo 1120)"); PUB_N=${PUB_N:-96}
 fi
 M=$W/model-$FAMILY
@@ -51,7 +52,8 @@ evaluate() {   # evaluate N cold|warm|eager
   in_tree env MODEL_ID="$M" TEST_DIR="$W/bench/test_msg_file" IMAGE_ROOT="$W/images" OUT="$out" SAMPLE_N=$sample NUM_GPUS=$gpus \
     "${px[@]}" bash "evaluation/$FAMILY/cog_test.sh" --max-new-tokens 10 "${extra[@]}" ${EVAL_ARGS:-} > "$OUT/$run.log" 2>&1
   rc=$?; wall=$(elapsed "$t0")
-  record "{\"run\": \"$run\", \"rc\": $rc, \"process_s\": $wall, \"chosen\": \"$(grep -ao -m1 'cogip evaluate: batch.*' "$OUT/$run.log" | sed 's/"/\\"/g')\", \"timing\": $(cat "$out/timing.json" 2>/dev/null || echo null)}"
+  local mfu; mfu=$($PY benchmarks/mfu.py --eval "$out" "$M" "$W/images" --new-tokens 10 "${mfu_px[@]}" 2>> "$OUT/$run.log" || echo null)
+  record "{\"run\": \"$run\", \"rc\": $rc, \"process_s\": $wall, \"mfu\": $mfu, \"chosen\": \"$(grep -ao -m1 'cogip evaluate: batch.*' "$OUT/$run.log" | sed 's/"/\\"/g')\", \"timing\": $(cat "$out/timing.json" 2>/dev/null || echo null)}"
 }
 sft() {
   local run="sft_$FAMILY${TAG:+_$TAG}" out="$W/sft_$FAMILY${TAG:+_$TAG}"
@@ -64,7 +66,7 @@ sft() {
     bash "sft/$FAMILY/finetune_lora.sh" --max_steps "$STEPS" --save_strategy no --report_to none \
     --include_num_input_tokens_seen True ${SFT_ARGS:-} > "$OUT/$run.log" 2>&1
   local rc=$?
-  record "{\"run\": \"$run\", \"rc\": $rc, \"mfu\": $($PY benchmarks/mfu.py "$out" "$M" 2>> "$OUT/$run.log" || echo null), \"train\": $(cat "$out/cogip_train.json" 2>/dev/null || echo null)}"
+  record "{\"run\": \"$run\", \"rc\": $rc, \"mfu\": $($PY benchmarks/mfu.py "$out" "$M" --data "$W/bench/cognition_training.json" "$W/images_sft" "${mfu_px[@]}" 2>> "$OUT/$run.log" || echo null), \"train\": $(cat "$out/cogip_train.json" 2>/dev/null || echo null)}"
 }
 for r in ${RUNS:-pub eval480_cold eval1720_cold eval1720_warm eval480_warm sft}; do
   case $r in

@@ -9,8 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    """A benchmark script as a module (a script, not a package module: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("script,report", [("loss_bench.py", "loss.json"), ("eval_bench.py", "eval_bench.json"),
@@ -114,18 +123,20 @@ def test_defaults_bench_smoke(tmp_path):
     published, whole = rows["eval480_cold_qwen"], rows["eval1720_cold_qwen"]
     assert published["rc"] == whole["rc"] == 0 and published["timing"]["items"] == 8 and whole["timing"]["items"] == 12
     assert whole["process_s"] > whole["timing"]["seconds"]
+    # the loop's matmuls: every item's image counted, at the run's pixel bounds
+    assert published["mfu"]["items"] == 8 and whole["mfu"]["items"] == 12 and 0 < published["mfu"]["flop"] < whole["mfu"]["flop"]
     assert published["chosen"].startswith("cogip evaluate: batch 8 (on a CPU)")
     assert rows["eval480_eager_qwen"]["timing"]["chosen"]["why"]["compile"] == "given"
     sft = rows["sft_qwen"]
     assert sft["rc"] == 0 and sft["train"]["throughput"]["samples_per_step"] == 4
     # 6 x parameters x tokens: the tiny model's parameters, the language model's tokens of the run
     assert sft["mfu"]["params"] > 0 and sft["mfu"]["tokens_per_sample"] > 10 and sft["mfu"]["mfu"] is None   # no peak on a CPU
+    # the matmul count reads the same rows as the run: their tokens, less the batches' padding
+    assert 0.9 * sft["mfu"]["tokens_per_sample"] <= sft["mfu"]["text_tokens_per_row"] <= sft["mfu"]["tokens_per_sample"]
 
 
 def test_loop_rate_recovers_a_known_rate_and_the_start_and_end(tmp_path):
-    spec = importlib.util.spec_from_file_location("loop_rate", ROOT / "benchmarks" / "loop_rate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)   # a script, not a package module: loaded from its file
+    module = _script("loop_rate")
     loop_rate, main = module.loop_rate, module.main
     rng = np.random.default_rng(0)
     tokens = [int(t) for t in 32 * np.sort(rng.integers(600, 1300, 40))[::-1]]   # longest first, as the loop takes them
@@ -182,3 +193,71 @@ def test_the_benchmark_files_the_scripts_and_docs_name_exist():
     assert len({m for _, m in named}) >= 8   # the pattern finds them
     missing = sorted(f"{where}: benchmarks/{m}" for where, m in named if not (ROOT / "benchmarks" / m).is_file())
     assert missing == []
+
+
+@pytest.mark.parametrize("family", ["qwen", "gemma", "llama"])
+def test_mfu_counts_the_matmuls_generate_computes(tiny_models, family, tmp_path):
+    """benchmarks/mfu.py's count of the benchmark loop's matmuls, from the batch's padded tokens and the images'
+    sizes alone, against torch's FLOP counter over a real generate of the tiny model: images of three sizes,
+    5 new tokens a row. Llama's only other matmul is a bmm outside the linear layers (<0.1%). Then the same for
+    a training forward."""
+    from PIL import Image
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cogip.evaluate.scorer import Scorer
+    from cogip.models.families import FAMILIES
+    mfu = _script("mfu")
+    scorer = Scorer.load(str(tiny_models[family]), family=family, dtype=torch.float32, device="cpu")
+    sizes = [(84, 56), (56, 112), (70, 70)]
+    batch = scorer.prepare([Image.new("RGB", s, (120, 30, 200)) for s in sizes], ["Aesthetics? label and score 0-10."] * 3)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        scorer.model.generate(**batch, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    by_op = {str(op).split(".")[1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    counted = sum(n for op, n in by_op.items() if op in ("mm", "addmm", "convolution"))
+    fam, config = FAMILIES[family], scorer.model.config
+    per_token = mfu.flops_per_token(fam, mfu.meta_model(fam, config))
+    images = [mfu.image_tokens(fam, config, scorer.processor, *s) for s in sizes]
+    if family == "qwen":   # the three sizes really differ in visual tokens
+        assert len({i["vision"] for i in images}) == 3
+    estimate = mfu.loop_flops(per_token, batch["input_ids"].numel(), 3, images, 5)
+    assert estimate == counted
+    assert sum(by_op.values()) - counted <= 1e-3 * counted   # nothing else of size: attention ran as SDPA
+
+    # a training forward: the lm_head only where the answer is supervised (as the trainer computes the logits)
+    from cogip.train.data import SFTCollator
+    from cogip.train.trainer import supervised_logits
+    rows = [{"image": str(tmp_path / f"{i}.png"), "prompt": "Aesthetics? label and score 0-10.", "answer": f"high {i}.5{i}7"}
+            for i in range(len(sizes))]
+    for row, size in zip(rows, sizes):
+        Image.new("RGB", size, (120, 30, 200)).save(row["image"])
+    batch = SFTCollator(fam, scorer.processor)(rows)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        supervised_logits(scorer.model, batch)
+    by_op = {str(op).split(".")[1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    supervised = int((batch["labels"][:, 1:] != -100).sum())
+    assert mfu.forward_flops(per_token, batch["input_ids"].numel(), supervised, images) == \
+        sum(n for op, n in by_op.items() if op in ("mm", "addmm", "convolution"))
+
+
+def test_real_size_config_only_counts_as_the_docs_say(tmp_path):
+    """real_model.py --config-only writes the published Qwen2.5-VL-7B architecture's config and processor and no
+    weights; mfu.py counts it as docs/performance.md states: 6.52 B matmul parameters in the language layers,
+    0.63 B in the vision encoder's blocks, and 4 patches a visual token."""
+    out = tmp_path / "real-qwen"
+    run = subprocess.run([sys.executable, ROOT / "benchmarks" / "real_model.py", "--family", "qwen", "--config-only",
+                          str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "config.json").is_file() and (out / "processor_config.json").is_file()
+    assert not list(out.glob("*.safetensors"))
+    from transformers import AutoConfig
+
+    from cogip.models.families import FAMILIES
+    mfu = _script("mfu")
+    fam, config = FAMILIES["qwen"], AutoConfig.from_pretrained(out)
+    per_token = mfu.flops_per_token(fam, mfu.meta_model(fam, config))
+    assert round(per_token["text"] / 2e9, 2) == 6.53 and round(per_token["vision"] / 2e9, 2) == 0.63
+    processor = fam.load_processor(out, **fam.pixel_bounds(published=True))
+    tokens = mfu.image_tokens(fam, config, processor, 896, 896)   # 64 x 64 patches of 14 px, merged 2 x 2
+    assert tokens == {"patch": 64 * 64, "vision": 64 * 64, "projector": 32 * 32}
+    tokens = mfu.image_tokens(fam, config, processor, 1008, 1008)   # over the published 1280 x 28^2 pixels: 980 px
+    assert tokens == {"patch": 70 * 70, "vision": 70 * 70, "projector": 35 * 35}
