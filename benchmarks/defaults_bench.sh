@@ -57,7 +57,7 @@ evaluate() {   # evaluate N cold|warm|eager
 }
 sft() {
   local run="sft_$FAMILY${TAG:+_$TAG}" out="$W/sft_$FAMILY${TAG:+_$TAG}"
-  [ -d "$W/images_sft" ] || $PY -m cogip data synth "$W/images_sft" --from-bench "$W/bench" "${sft_side[@]}" | tail -n 1
+  [ -d "$W/images_sft" ] || $PY -m cogip data synth "$W/images_sft" --from-bench "$W/bench" --training-only "${sft_side[@]}" | tail -n 1
   rm -rf "$out"
   # IMAGE_FOLDER and OUTPUT_DIR: the names an older tree's launcher reads
   in_tree env MODEL_ID="$M" DATA_PATH="$W/bench/cognition_training.json" IMAGE_ROOT="$W/images_sft" IMAGE_FOLDER="$W/images_sft" \

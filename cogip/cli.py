@@ -24,10 +24,13 @@ def _data_synth(a) -> int:
     from .data.synth import synth_bench, synth_images_for
     if a.size_range and not a.from_bench:
         raise CogipError("--size-range is for --from-bench (the embedded default's images are square)")
+    if a.training_only and not a.from_bench:
+        raise CogipError("--training-only is for --from-bench")
     if a.from_bench:
         n = synth_images_for(a.from_bench, a.dir, seed=a.seed, size=a.size, workers=a.workers,
-                             size_range=tuple(a.size_range) if a.size_range else None)
-        print(f"drew {n} synthetic images for the score lists of {a.from_bench} under {a.dir}")
+                             size_range=tuple(a.size_range) if a.size_range else None, training_only=a.training_only)
+        what = "training file" if a.training_only else "score lists"
+        print(f"drew {n} synthetic images for the {what} of {a.from_bench} under {a.dir}")
         return 0
     counts = synth_bench(a.dir, n_per_dim=a.n, n_train=a.n_train, seed=a.seed, size=a.size)
     _print_counts(counts, ("train", "test"))
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "image's width and height drawn from LOW..HIGH pixels instead of --size square")
     s.add_argument("--from-bench", metavar="BENCH", help="instead: draw an image for every item of BENCH's "
                    "score lists into DIR/<Dim>/<file> (use DIR as --images for BENCH)")
+    s.add_argument("--training-only", action="store_true", help="with --from-bench: only the images BENCH's "
+                   "training file names (what an SFT run reads); each the same as a full draw makes")
     s.set_defaults(fn=_data_synth)
 
     b = data.add_parser("build", help="write training, GRPO and test files from score lists + images")

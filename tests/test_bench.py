@@ -179,6 +179,13 @@ def test_synthetic_images_of_varied_sizes(synth_bench, tmp_path):
                           str(synth_bench), "--size-range", "80", "40"], capture_output=True, text=True)
     assert run.returncode == 2 and run.stderr.strip().endswith("--size-range 80 40: needs 1 <= LOW <= HIGH")
     assert not (tmp_path / "x").exists() or not any((tmp_path / "x").rglob("*.jpg"))
+    # --training-only: just the images the training file names, each as the full draw made it
+    from cogip.data.layout import BenchPaths, read_training_json
+    run = subprocess.run([sys.executable, "-m", "cogip.cli", "data", "synth", str(tmp_path / "t"), "--from-bench",
+                          str(synth_bench), "--size-range", "40", "80", "--training-only"], capture_output=True, text=True)
+    training = {item.image for item in read_training_json(BenchPaths(synth_bench).training)}
+    assert run.returncode == 0 and run.stdout.startswith(f"drew {len(training)} synthetic images for the training file")
+    assert 0 < len(training) < 96 and _tree(tmp_path / "t") == {name: one[name] for name in training}
 
 
 def test_synthetic_images_do_not_depend_on_the_number_of_drawing_processes(synth_bench, tmp_path):

@@ -25,7 +25,7 @@ from tqdm.contrib.concurrent import process_map
 
 from ..dims import DIMENSION_NAMES, Dimension, get_dimension
 from ..errors import CogipError
-from .layout import BenchPaths, read_score_list, write_atomic
+from .layout import BenchPaths, read_score_list, read_training_json, write_atomic
 from .build import build_bench
 
 
@@ -123,11 +123,12 @@ def synth_bench(root: str | os.PathLike, n_per_dim: int = 400, n_train: int = 30
 
 def synth_images_for(bench: str | os.PathLike, image_root: str | os.PathLike, seed: int = 0, size: int = 84,
                      dims: Iterable[str] | None = None, workers: int | None = None,
-                     size_range: tuple[int, int] | None = None) -> int:
+                     size_range: tuple[int, int] | None = None, training_only: bool = False) -> int:
     """Draw a synthetic image for every item of `bench`'s score lists (the published images are not
     available); returns the number of images under `image_root/<Dim>/<file>`. Images already there are
     kept, so an interrupted run resumes. `size_range` = (low, high): each image's width and height drawn
-    from it instead of `size` square, as real benches' images differ in size (what batches pad to)."""
+    from it instead of `size` square, as real benches' images differ in size (what batches pad to).
+    `training_only`: only the items `bench`'s training file names (each image the same as a full draw's)."""
     if size_range is not None and not 1 <= size_range[0] <= size_range[1]:
         raise CogipError(f"--size-range {size_range[0]} {size_range[1]}: needs 1 <= LOW <= HIGH")
 
@@ -138,13 +139,16 @@ def synth_images_for(bench: str | os.PathLike, image_root: str | os.PathLike, se
         return tuple(int(x) for x in np.random.default_rng([*key, 1]).integers(low, high + 1, 2))   # not the drawing's stream
 
     src, root, jobs, count = BenchPaths(bench), Path(image_root), [], 0
+    wanted = {item.image for item in read_training_json(src.training)} if training_only else None
     for name in dims or DIMENSION_NAMES:
         dim = get_dimension(name)
         rows = read_score_list(src.scores(dim.name), dim)
         (root / dim.name).mkdir(parents=True, exist_ok=True)
         d = DIMENSION_NAMES.index(dim.name)
+        rows = [(i, file, score) for i, (file, score) in enumerate(rows)
+                if wanted is None or f"{dim.name}/{file}" in wanted]   # i: the item's place, which keys its drawing
         jobs += [(dim.name, score, [seed, i, d], sides([seed, i, d]), root / dim.name / file)
-                 for i, (file, score) in enumerate(rows) if not (root / dim.name / file).is_file()]
+                 for i, file, score in rows if not (root / dim.name / file).is_file()]
         count += len(rows)
     _draw_all(jobs, "synth images", workers)
     return count
