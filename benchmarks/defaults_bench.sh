@@ -7,7 +7,8 @@
 #                    inductor cache emptied first; evalN_warm: the cache kept from the runs before;
 #                    evalN_eager: with --compile none (the loop uncompiled, whatever the run's length)
 #     sft            finetune_lora.sh, one GPU, batch 4, STEPS (10) steps, the family's image side (scaling.sh's)
-#   FAMILY=qwen|llama|gemma  WORK=/tmp/defaults  OUT: where the results go (results.jsonl, one line per run)
+#   FAMILY=qwen|llama|gemma  WORK=/tmp/defaults  OUT: where the results go (results.jsonl, one line per run, the
+#   launchers' runs with their MFU by benchmarks/mfu.py)
 #   EVAL_ARGS: more cog_test.sh arguments for every evaluation; SFT_ARGS: more finetune_lora.sh arguments
 #   TAG: appended to each run's name (runs with other arguments beside the defaults)
 #   TREE: the source tree whose launchers run (default: this one; before_after.sh gives another)
