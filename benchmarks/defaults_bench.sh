@@ -16,9 +16,10 @@
 set -uo pipefail
 FAMILY=${FAMILY:-qwen}; W=${WORK:-/tmp/defaults}; OUT=${OUT:-$W/out}; STEPS=${STEPS:-10}; SMOKE=${SMOKE:-0}
 PY=${PYTHON:-python3}; [[ $PY == */* ]] && PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")
-export PYTHON=$PY PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+GIVEN_PYTHONPATH=${PYTHONPATH:-}   # e.g. a GPU machine's installed wheels
+export PYTHON=$PY PYTHONPATH=$PWD${GIVEN_PYTHONPATH:+:$GIVEN_PYTHONPATH}
 TREE=$(cd "${TREE:-$PWD}" && pwd) || exit 1
-in_tree() { (cd "$TREE" && PYTHONPATH=$TREE "$@"); }   # the tree's launchers with the tree's own cogip
+in_tree() { (cd "$TREE" && PYTHONPATH=$TREE${GIVEN_PYTHONPATH:+:$GIVEN_PYTHONPATH} "$@"); }   # the tree's own cogip first
 mkdir -p "$W" "$OUT" && W=$(cd "$W" && pwd) && OUT=$(cd "$OUT" && pwd) || exit 1   # absolute: runs start in TREE
 if [ "$SMOKE" = 1 ]; then
   n_test=3; n_train=4; sizes=(--size-range 56 84); model_args=(--tiny); px=(MIN_PIXELS=3136 MAX_PIXELS=12544); gpus=0

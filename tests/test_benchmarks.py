@@ -162,9 +162,15 @@ def test_device_run_smoke(tmp_path):
     in results.tgz; before_after.sh alternates the trees' order with each repeat."""
     import os
     import tarfile
+    # a path given (a GPU machine's installed wheels) reaches the launchers' processes: a probe on it says so
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "sitecustomize.py").write_text("import os\nif 'MODEL_ID' in os.environ:\n"
+                                            "    open(os.environ['PROBE_LOG'], 'a').write(os.environ['OUT'] + '\\n')\n")
     env = dict(os.environ, SMOKE="1", PYTHON=sys.executable, OUT=str(tmp_path / "out"), RES=str(tmp_path / "res"),
                WORK=str(tmp_path / "work"), DEADLINE="3000", SECTIONS="loss defaults before_after nosuch",
-               RUNS="eval480_cold", REPEATS="2", BEFORE=str(ROOT))
+               RUNS="eval480_cold", REPEATS="2", BEFORE=str(ROOT), PYTHONPATH=str(probe),
+               PROBE_LOG=str(tmp_path / "probe.log"))
     run = subprocess.run(["bash", ROOT / "benchmarks" / "device_run.sh"], cwd=ROOT, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -181,6 +187,8 @@ def test_device_run_smoke(tmp_path):
     assert runs == ["eval480_cold_qwen_before1", "eval480_cold_qwen_after1",
                     "eval480_cold_qwen_after2", "eval480_cold_qwen_before2"]
     assert all(r["rc"] == 0 and r["timing"]["items"] == 8 for r in rows["before_after"])
+    launched = set((tmp_path / "probe.log").read_text().split())
+    assert {str(tmp_path / "work" / f"eval480_cold_qwen_{side}") for side in ("before1", "after2")} <= launched
 
 
 def test_the_benchmark_files_the_scripts_and_docs_name_exist():
