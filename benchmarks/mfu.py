@@ -7,8 +7,8 @@
 Training (needs `--include_num_input_tokens_seen True`): 6 x parameters x tokens a second (a forward and a
 backward; the recompute of checkpointed blocks not counted), the tokens being the language model's input tokens
 (images as their visual tokens), at the run's median step. With --data, also its matmuls counted as below (each
-layer over the tokens it sees; the lm_head over the answer's tokens only), times 3 for the backward, the mean
-sample of the data.
+layer over the tokens it sees; the lm_head over the answer's tokens only), times 3 (a backward computes twice a
+forward's), for the mean sample of the data.
 
 The benchmark loop: the matmuls its forward passes compute, 2 x inputs x outputs of every linear layer and patch
 embedding times the tokens that layer sees, over the loop's seconds (model loaded to last answer). The tokens:
@@ -19,7 +19,8 @@ embedding times the tokens that layer sees, over the loop's seconds (model loade
   tokens after pooling; Llama 3.2: every one of its 4 tiles, 1,601 patches each, padded to 1,608 in the
   encoder), once, at prefill.
 Attention's own products (QK^T, PV) are not counted. The new tokens are --new-tokens for every batch: random
-weights never stop early; a model that stops sooner computes less than counted.
+weights never stop early; a model that stops sooner computes less than counted. Data-parallel runs: every
+process's batches, against as many cards' peak.
 """
 
 from __future__ import annotations
