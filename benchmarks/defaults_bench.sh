@@ -22,8 +22,8 @@ TREE=$(cd "${TREE:-$PWD}" && pwd) || exit 1
 in_tree() { (cd "$TREE" && PYTHONPATH=$TREE${GIVEN_PYTHONPATH:+:$GIVEN_PYTHONPATH} "$@"); }   # the tree's own cogip first
 mkdir -p "$W" "$OUT" && W=$(cd "$W" && pwd) && OUT=$(cd "$OUT" && pwd) || exit 1   # absolute: runs start in TREE
 if [ "$SMOKE" = 1 ]; then
-  n_test=3; n_train=4; sizes=(--size-range 56 84); model_args=(--tiny); px=(MIN_PIXELS=3136 MAX_PIXELS=12544); gpus=0
-  mfu_px=(--min-pixels 3136 --max-pixels 12544)
+  n_test=3; n_train=4; sizes=(--size-range 56 84); model_args=(--tiny); gpus=0
+  px=(MIN_PIXELS=3136 MAX_PIXELS=12544); mfu_px=(--min-pixels "${px[0]#*=}" --max-pixels "${px[1]#*=}")
   sft_side=(--size 84); PUB_N=${PUB_N:-4}; STEPS=3
 else
   n_test=430; n_train=48; sizes=(--size-range 640 1152); model_args=(); px=(); gpus=1; mfu_px=()

@@ -42,12 +42,6 @@ def device_peak() -> tuple[str, float | None]:
     return name, next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
-def meta_model(family, config):
-    from accelerate import init_empty_weights
-    with init_empty_weights():
-        return family.model_cls()._from_config(config)
-
-
 def flops_per_token(family, model) -> dict[str, float]:
     """2 x inputs x outputs of each matmul layer, summed by the tokens it sees (STREAMS)."""
     per = dict.fromkeys(STREAMS, 0.0)
@@ -104,21 +98,22 @@ def loop_flops(per_token: dict, prompt_tokens: int, rows: int, images: list[dict
     return forward_flops(per_token, prompt_tokens + rows * (new_tokens - 1), rows * new_tokens, images)
 
 
-def train_flops_per_sample(family, config, processor, rows: list[dict]) -> tuple[float, float]:
+def train_flops_per_sample(per_token: dict, family, config, processor, rows: list[dict]) -> tuple[float, float]:
     """3 x the forward's matmul FLOPs of a training sample (a backward computes twice a forward's), the mean over
     `rows` (training rows: image, prompt, answer) as the collator encodes them; the lm_head only where the answer is
     supervised, as the trainer computes it. Also the mean language tokens of a row (unpadded)."""
     from PIL import Image
 
     from cogip.train.data import SFTCollator
-    per_token, collate, total, text = flops_per_token(family, meta_model(family, config)), SFTCollator(family, processor), 0.0, 0
+    collate, total, text = SFTCollator(family, processor), 0.0, 0
     for row in rows:
         batch = collate([row])
-        text += batch["input_ids"].numel()
+        tokens = batch["input_ids"].numel()
         with Image.open(row["image"]) as image:
             size = image.size
-        total += 3 * forward_flops(per_token, batch["input_ids"].numel(), int((batch["labels"][:, 1:] != -100).sum()),
+        total += 3 * forward_flops(per_token, tokens, int((batch["labels"][:, 1:] != -100).sum()),
                                    [image_tokens(family, config, processor, *size)])
+        text += tokens
     return total / len(rows), text / len(rows)
 
 
@@ -127,6 +122,7 @@ def eval_mfu(run_out: Path, model_dir: str, image_root: Path, new_tokens: int, m
     from PIL import Image
     from transformers import AutoConfig
 
+    from cogip.accel.auto import meta_model
     from cogip.models.families import resolve_family
     timing = json.loads((run_out / "timing.json").read_text())
     config = AutoConfig.from_pretrained(model_dir)
@@ -141,7 +137,7 @@ def eval_mfu(run_out: Path, model_dir: str, image_root: Path, new_tokens: int, m
                 images.append(image_tokens(family, config, processor, *image.size))
     ranks = [timing, *timing.get("other_ranks", [])]   # data-parallel: every process's batches, on its own GPU
     padded = sum(sum(r["padded_tokens"]) for r in ranks)
-    per_token = flops_per_token(family, meta_model(family, config))
+    per_token = flops_per_token(family, meta_model(family.model_cls(), config))
     flops = loop_flops(per_token, padded, len(images), images, new_tokens)
     name, peak = device_peak()
     seconds, gpus = timing["seconds"], len(ranks)
@@ -160,20 +156,21 @@ def train_mfu(out: Path, model_dir: str, data: tuple[str, str] | None = None, mi
     tokens_per_sample = seen[-1] / (info["global_step"] * t["samples_per_step"])
     from transformers import AutoConfig
 
-    from cogip.accel.auto import weights_bytes
+    from cogip.accel.auto import meta_model
     from cogip.models.families import FAMILIES
-    params = weights_bytes(FAMILIES[info["family"]].model_cls(), AutoConfig.from_pretrained(model_dir), 1)
+    family, config = FAMILIES[info["family"]], AutoConfig.from_pretrained(model_dir)
+    model = meta_model(family.model_cls(), config)
+    params = sum(p.numel() for p in model.parameters())
     name, peak = device_peak()
     rate = t["median_step_samples_per_s"]
     flops = 6 * params * tokens_per_sample * rate
     result = {"params": params, "tokens_per_sample": round(tokens_per_sample, 1), "tflops": round(flops / 1e12, 1),
               "mfu": round(flops / (peak * 1e12), 3) if peak else None, "device": name}
     if data:   # the matmul count, from the run's training data
-        from cogip.models.families import FAMILIES
         from cogip.train.data import load_sft_dataset
-        family, config = FAMILIES[info["family"]], AutoConfig.from_pretrained(model_dir)
         processor = family.load_processor(model_dir, **family.pixel_bounds(min_pixels, max_pixels, published=True))
-        per_sample, text = train_flops_per_sample(family, config, processor, list(load_sft_dataset(*data, check=False)))
+        per_sample, text = train_flops_per_sample(flops_per_token(family, model), family, config, processor,
+                                                  list(load_sft_dataset(*data, check=False)))
         result.update(text_tokens_per_row=round(text, 1), matmul_tflop_per_sample=round(per_sample / 1e12, 4),
                       matmul_tflops=round(per_sample * rate / 1e12, 1),
                       matmul_mfu=round(per_sample * rate / (peak * 1e12), 3) if peak else None)

@@ -212,6 +212,7 @@ def test_mfu_counts_the_matmuls_generate_computes(tiny_models, family, tmp_path)
     from PIL import Image
     from torch.utils.flop_counter import FlopCounterMode
 
+    from cogip.accel.auto import meta_model
     from cogip.evaluate.scorer import Scorer
     from cogip.models.families import FAMILIES
     mfu = _script("mfu")
@@ -223,7 +224,7 @@ def test_mfu_counts_the_matmuls_generate_computes(tiny_models, family, tmp_path)
     by_op = {str(op).split(".")[1]: n for op, n in counter.get_flop_counts()["Global"].items()}
     counted = sum(n for op, n in by_op.items() if op in ("mm", "addmm", "convolution"))
     fam, config = FAMILIES[family], scorer.model.config
-    per_token = mfu.flops_per_token(fam, mfu.meta_model(fam, config))
+    per_token = mfu.flops_per_token(fam, meta_model(fam.model_cls(), config))
     images = [mfu.image_tokens(fam, config, scorer.processor, *s) for s in sizes]
     if family == "qwen":   # the three sizes really differ in visual tokens
         assert len({i["vision"] for i in images}) == 3
@@ -259,10 +260,11 @@ def test_real_size_config_only_counts_as_the_docs_say(tmp_path):
     assert not list(out.glob("*.safetensors"))
     from transformers import AutoConfig
 
+    from cogip.accel.auto import meta_model
     from cogip.models.families import FAMILIES
     mfu = _script("mfu")
     fam, config = FAMILIES["qwen"], AutoConfig.from_pretrained(out)
-    per_token = mfu.flops_per_token(fam, mfu.meta_model(fam, config))
+    per_token = mfu.flops_per_token(fam, meta_model(fam.model_cls(), config))
     assert round(per_token["text"] / 2e9, 2) == 6.53 and round(per_token["vision"] / 2e9, 2) == 0.63
     processor = fam.load_processor(out, **fam.pixel_bounds(published=True))
     tokens = mfu.image_tokens(fam, config, processor, 896, 896)   # 64 x 64 patches of 14 px, merged 2 x 2

@@ -78,13 +78,17 @@ def item_bytes(config, tokens: int, visual_tokens: int = 0, dtype_bytes: int = 2
     return int(total * dtype_bytes)
 
 
-def weights_bytes(model_cls, config, dtype_bytes: int = 2) -> int:
-    """The model's weights, counted on the meta device (nothing allocated, nothing read)."""
+def meta_model(model_cls, config):
+    """The model of `config` on the meta device: its modules and shapes, nothing allocated, nothing read."""
     from accelerate import init_empty_weights
     build = getattr(model_cls, "from_config", None) or model_cls._from_config   # an Auto class, or a model's
     with init_empty_weights():
-        model = build(config)
-    return sum(p.numel() for p in model.parameters()) * dtype_bytes
+        return build(config)
+
+
+def weights_bytes(model_cls, config, dtype_bytes: int = 2) -> int:
+    """The model's weights, counted on the meta device."""
+    return sum(p.numel() for p in meta_model(model_cls, config).parameters()) * dtype_bytes
 
 
 def choose(n_items: int, longest: tuple[int, int], family: str, config, dtype: torch.dtype, weights: int,
